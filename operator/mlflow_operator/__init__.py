@@ -1,0 +1,1 @@
+"""Kopf operator that deploys authenticated MLflow tracking servers."""

@@ -1,0 +1,1 @@
+"""MLflow auth plugin: Kubernetes ServiceAccount tokens validated by TokenReview."""
