@@ -1,0 +1,530 @@
+"""Run a container of a rendered pod spec as a local process, the way a kubelet would.
+
+Test support only: product code never imports this. The emulator has no nodes, so the
+end-to-end test and the demo take the pod template the operator rendered (Job or
+Deployment) and start its container here. Everything the process sees comes from the
+manifest and from the API server (Secrets, ConfigMaps, ServiceAccount tokens); nothing
+is hand-written. Because we cannot give a process its own root filesystem or network
+namespace without privileges, a few things are remapped, each by one documented rule:
+
+1. Filesystem (volumeMounts). Every volume is materialised under ``<root>`` (Secret,
+   ConfigMap, projected, downwardAPI and emptyDir volumes per pod; PVCs per claim, shared
+   by every pod that mounts the claim, so the migration Job and the server see the same
+   sqlite file). Each mount path ``/x/y`` becomes ``<pod dir>/rootfs/x/y`` (a symlink to the
+   volume, or to its ``subPath``). Because absolute paths are baked into what the process
+   reads, every occurrence of a mount path, at a path boundary, is rewritten to its local
+   twin in: command, args, env values, workingDir, and the text of files projected from
+   Secrets/ConfigMaps (e.g. an ini naming ``sqlite:////var/lib/mlflow/auth.db``). Longest
+   mount path first; nothing else in those strings changes.
+2. Network (containerPorts). A pod has its own network namespace; local processes share
+   one. Each declared containerPort gets a free local port, and the port number is
+   rewritten where it is an argument value (``--port 5000``, ``--port=5000``,
+   ``host:5000``); a bind host of ``0.0.0.0``/``::`` becomes ``127.0.0.1`` so nothing is
+   exposed beyond loopback. Probes are resolved against the same mapping.
+3. API server. In-cluster config requires https and the fixed path
+   ``/var/run/secrets/kubernetes.io/serviceaccount``; the emulator is plain http. So the
+   kubelet mints a token for the pod's ServiceAccount (API server audience), writes a
+   kubeconfig naming the emulator with that token, and sets ``KUBECONFIG`` (which the
+   ``kubernetes`` client honours, as do the operator and the plugin when their own
+   kubeconfig setting is empty). The usual SA files (token, ca.crt placeholder-free:
+   omitted, namespace) are still mounted at the remapped in-cluster path.
+4. Image. The container image's Python environment is this repository's venv: ``PATH``
+   starts with the venv's ``bin``; ``HOME`` is a per-pod directory (the image's home).
+
+Not emulated (documented, by design): securityContext (uid, read-only root filesystem,
+capabilities) and resources; a test asserts them on the manifest instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# (namespace, service account, audiences, expiration seconds) -> signed JWT
+TokenMinter = Callable[[str, str, list[str], int], str]
+# (kind, namespace, name) -> object dict or None; kind is "Secret" or "ConfigMap"
+ObjectReader = Callable[[str, str, str], "dict[str, Any] | None"]
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+_ANY_HOST = {"0.0.0.0", "::", "[::]"}
+
+
+class PodError(RuntimeError):
+    """The pod cannot start: a missing Secret/key, an unsupported volume, ..."""
+
+
+@dataclass
+class Prepared:
+    """A container ready to exec: everything already resolved and remapped."""
+
+    pod: str
+    namespace: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    ports: dict[int, int]  # container port -> local port
+    named_ports: dict[str, int]  # port name -> container port
+    readiness: dict[str, Any] | None
+    pod_dir: Path
+    mounts: list[tuple[str, Path]] = field(default_factory=list)
+
+    def local_port(self, port: int | str) -> int:
+        container_port = self.named_ports[port] if isinstance(port, str) else port
+        return self.ports[container_port]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def remap_paths(text: str, mounts: list[tuple[str, Path]]) -> str:
+    """Rewrite container mount paths in ``text`` to their local twins (rule 1)."""
+    for mount_path, local in sorted(mounts, key=lambda m: len(m[0]), reverse=True):
+        target = mount_path.rstrip("/") or "/"
+        if target == "/":
+            continue  # never remap the whole root: every path would match
+        pattern = re.compile(r"(?<![\w.\-])" + re.escape(target) + r"(?=/|$|[^\w.\-])")
+        text = pattern.sub(lambda _m, repl=str(local): repl, text)
+    return text
+
+
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes ``$(VAR)`` expansion: unknown refs stay as written, ``$$`` escapes."""
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)", sub, text)
+
+
+def remap_ports(argv: list[str], ports: Mapping[int, int]) -> list[str]:
+    """Rewrite port values and wildcard bind hosts in ``argv`` (rule 2)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        prev = argv[i - 1] if i else ""
+        if prev in ("--port", "-p") and arg.isdigit() and int(arg) in ports:
+            arg = str(ports[int(arg)])
+        elif prev in ("--host", "-h", "--bind") and arg in _ANY_HOST:
+            arg = "127.0.0.1"
+        elif match := re.fullmatch(r"(--port=)(\d+)", arg):
+            if int(match.group(2)) in ports:
+                arg = match.group(1) + str(ports[int(match.group(2))])
+        elif match := re.fullmatch(r"(--host=)(.*)", arg):
+            if match.group(2) in _ANY_HOST:
+                arg = "--host=127.0.0.1"
+        elif match := re.fullmatch(r"(.*?)((?:0\.0\.0\.0|\[::\]|127\.0\.0\.1|localhost)?):(\d+)", arg):
+            prefix, host, port = match.groups()
+            if int(port) in ports and (host or prefix.endswith(("=", " "))):
+                local_host = "127.0.0.1" if host in _ANY_HOST or host == "" else host
+                arg = f"{prefix}{local_host}:{ports[int(port)]}"
+        out.append(arg)
+    return out
+
+
+class Kubelet:
+    """Materialises pods from their specs; one instance per emulated node."""
+
+    def __init__(
+        self,
+        root: Path,
+        read_object: ObjectReader,
+        mint_token: TokenMinter,
+        api_server: str,
+        bin_dir: Path | None = None,
+    ) -> None:
+        self.root = root
+        self.read_object = read_object
+        self.mint_token = mint_token
+        self.api_server = api_server
+        self.bin_dir = bin_dir or Path(sys.executable).parent
+
+    # -- preparation -------------------------------------------------------------
+
+    def prepare(
+        self,
+        pod_name: str,
+        namespace: str,
+        pod_spec: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+        container: str | None = None,
+    ) -> Prepared:
+        """Resolve one container of ``pod_spec`` into argv/env/cwd with volumes on disk."""
+        metadata = {"name": pod_name, "namespace": namespace, **(metadata or {})}
+        pod_dir = self.root / "pods" / namespace / pod_name
+        if pod_dir.exists():
+            shutil.rmtree(pod_dir)  # a new pod starts from fresh ephemeral volumes
+        pod_dir.mkdir(parents=True)
+        ctr = self._pick_container(pod_spec, container)
+        sa_name = pod_spec.get("serviceAccountName") or "default"
+        volumes = {
+            v["name"]: self._materialise_volume(v, namespace, sa_name, metadata, pod_dir)
+            for v in pod_spec.get("volumes", [])
+        }
+        mounts = self._mount(ctr, volumes, pod_dir)
+        if pod_spec.get("automountServiceAccountToken", True) and not any(
+            m == SA_DIR for m, _ in mounts
+        ):
+            mounts.append((SA_DIR, self._default_sa_dir(namespace, sa_name, pod_dir)))
+        kubeconfig = self._write_kubeconfig(namespace, sa_name, pod_dir)
+        self._remap_file_contents(volumes, mounts)
+
+        ports = {p["containerPort"]: free_port() for p in ctr.get("ports", [])}
+        named = {p["name"]: p["containerPort"] for p in ctr.get("ports", []) if p.get("name")}
+        env = self._resolve_env(ctr, namespace, metadata, pod_spec, mounts)
+        argv = [expand_vars(a, env) for a in [*ctr.get("command", []), *ctr.get("args", [])]]
+        if not argv:
+            raise PodError(f"container {ctr['name']!r}: no command; image entrypoints are not known here")
+        argv = remap_ports([remap_paths(a, mounts) for a in argv], ports)
+        home = pod_dir / "home"
+        home.mkdir()
+        base = {
+            "PATH": f"{self.bin_dir}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "KUBECONFIG": str(kubeconfig),
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": self.api_server.rsplit(":", 1)[-1].strip("/"),
+        }
+        cwd = Path(remap_paths(ctr["workingDir"], mounts)) if ctr.get("workingDir") else home
+        return Prepared(
+            pod=pod_name,
+            namespace=namespace,
+            argv=argv,
+            env={**base, **env},
+            cwd=cwd,
+            ports=ports,
+            named_ports=named,
+            readiness=ctr.get("readinessProbe"),
+            pod_dir=pod_dir,
+            mounts=mounts,
+        )
+
+    @staticmethod
+    def _pick_container(pod_spec: Mapping[str, Any], name: str | None) -> dict[str, Any]:
+        containers = pod_spec.get("containers", [])
+        if pod_spec.get("initContainers"):
+            raise PodError("initContainers are not supported by this harness")
+        for ctr in containers:
+            if name is None or ctr["name"] == name:
+                return dict(ctr)
+        raise PodError(f"no container {name!r} in pod spec")
+
+    def _read(self, kind: str, namespace: str, name: str, optional: bool) -> dict[str, str]:
+        """Decoded data of a Secret/ConfigMap (text only; binaryData decoded to text too)."""
+        obj = self.read_object(kind, namespace, name)
+        if obj is None:
+            if optional:
+                return {}
+            raise PodError(f"{kind} {namespace}/{name} not found")
+        data: dict[str, str] = {}
+        if kind == "Secret":
+            for key, value in (obj.get("data") or {}).items():
+                data[key] = base64.b64decode(value).decode()
+            data.update(obj.get("stringData") or {})
+        else:
+            data.update(obj.get("data") or {})
+            for key, value in (obj.get("binaryData") or {}).items():
+                data[key] = base64.b64decode(value).decode()
+        return data
+
+    # -- env -------------------------------------------------------------------
+
+    def _resolve_env(
+        self,
+        ctr: Mapping[str, Any],
+        namespace: str,
+        metadata: Mapping[str, Any],
+        pod_spec: Mapping[str, Any],
+        mounts: list[tuple[str, Path]],
+    ) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for source in ctr.get("envFrom", []):
+            prefix = source.get("prefix", "")
+            for kind, key in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
+                if ref := source.get(key):
+                    for k, v in self._read(kind, namespace, ref["name"], ref.get("optional", False)).items():
+                        env[prefix + k] = v
+        for item in ctr.get("env", []):
+            name = item["name"]
+            if "valueFrom" in item:
+                value = self._value_from(item["valueFrom"], namespace, metadata, pod_spec)
+                if value is None:
+                    continue
+            else:
+                value = expand_vars(item.get("value", ""), env)
+            env[name] = remap_paths(value, mounts)
+        return env
+
+    def _value_from(
+        self,
+        value_from: Mapping[str, Any],
+        namespace: str,
+        metadata: Mapping[str, Any],
+        pod_spec: Mapping[str, Any],
+    ) -> str | None:
+        for kind, key in (("Secret", "secretKeyRef"), ("ConfigMap", "configMapKeyRef")):
+            if ref := value_from.get(key):
+                data = self._read(kind, namespace, ref["name"], ref.get("optional", False))
+                if ref["key"] not in data:
+                    if ref.get("optional"):
+                        return None
+                    raise PodError(f"{kind} {namespace}/{ref['name']} has no key {ref['key']!r}")
+                return data[ref["key"]]
+        if ref := value_from.get("fieldRef"):
+            return self._field(ref["fieldPath"], metadata, pod_spec)
+        raise PodError(f"unsupported valueFrom {sorted(value_from)}")
+
+    @staticmethod
+    def _field(path: str, metadata: Mapping[str, Any], pod_spec: Mapping[str, Any]) -> str:
+        simple = {
+            "metadata.name": metadata.get("name", ""),
+            "metadata.namespace": metadata.get("namespace", ""),
+            "spec.serviceAccountName": pod_spec.get("serviceAccountName", "default"),
+            "spec.nodeName": "local",
+            "status.podIP": "127.0.0.1",
+            "status.hostIP": "127.0.0.1",
+        }
+        if path in simple:
+            return str(simple[path])
+        if match := re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path):
+            return str((metadata.get(match.group(1)) or {}).get(match.group(2), ""))
+        raise PodError(f"unsupported fieldRef {path!r}")
+
+    # -- volumes -----------------------------------------------------------------
+
+    def _materialise_volume(
+        self,
+        volume: Mapping[str, Any],
+        namespace: str,
+        sa_name: str,
+        metadata: Mapping[str, Any],
+        pod_dir: Path,
+    ) -> Path:
+        name = volume["name"]
+        if "persistentVolumeClaim" in volume:
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            path = self.root / "pvc" / namespace / claim
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        path = pod_dir / "volumes" / name
+        path.mkdir(parents=True)
+        if "emptyDir" in volume:
+            return path
+        if "secret" in volume:
+            src = volume["secret"]
+            self._write_keys(path, self._read("Secret", namespace, src["secretName"], src.get("optional", False)), src)
+        elif "configMap" in volume:
+            src = volume["configMap"]
+            self._write_keys(path, self._read("ConfigMap", namespace, src["name"], src.get("optional", False)), src)
+        elif "projected" in volume:
+            for source in volume["projected"].get("sources", []):
+                self._project(path, source, namespace, sa_name, metadata)
+        elif "downwardAPI" in volume:
+            self._project(path, {"downwardAPI": volume["downwardAPI"]}, namespace, sa_name, metadata)
+        else:
+            raise PodError(f"volume {name!r}: unsupported type {sorted(set(volume) - {'name'})}")
+        return path
+
+    def _project(
+        self,
+        path: Path,
+        source: Mapping[str, Any],
+        namespace: str,
+        sa_name: str,
+        metadata: Mapping[str, Any],
+    ) -> None:
+        if src := source.get("secret"):
+            self._write_keys(path, self._read("Secret", namespace, src["name"], src.get("optional", False)), src)
+        elif src := source.get("configMap"):
+            self._write_keys(path, self._read("ConfigMap", namespace, src["name"], src.get("optional", False)), src)
+        elif src := source.get("serviceAccountToken"):
+            audiences = [src["audience"]] if src.get("audience") else []
+            token = self.mint_token(namespace, sa_name, audiences, int(src.get("expirationSeconds", 3600)))
+            _write(path / src["path"], token, 0o600)
+        elif src := source.get("downwardAPI"):
+            for item in src.get("items", []):
+                value = self._field(item["fieldRef"]["fieldPath"], metadata, {})
+                _write(path / item["path"], value, 0o644)
+        else:
+            raise PodError(f"unsupported projected source {sorted(source)}")
+
+    @staticmethod
+    def _write_keys(path: Path, data: Mapping[str, str], src: Mapping[str, Any]) -> None:
+        mode = int(src.get("defaultMode", 0o644))
+        items = src.get("items")
+        pairs = [(i["key"], i["path"], int(i.get("mode", mode))) for i in items] if items else [
+            (k, k, mode) for k in data
+        ]
+        for key, rel, item_mode in pairs:
+            if key not in data:
+                if src.get("optional"):
+                    continue
+                raise PodError(f"key {key!r} not found for volume")
+            _write(path / rel, data[key], item_mode)
+
+    def _default_sa_dir(self, namespace: str, sa_name: str, pod_dir: Path) -> Path:
+        path = pod_dir / "volumes" / "kube-api-access"
+        path.mkdir(parents=True, exist_ok=True)
+        _write(path / "token", self.mint_token(namespace, sa_name, [], 3600), 0o600)
+        _write(path / "namespace", namespace, 0o644)
+        return path
+
+    def _write_kubeconfig(self, namespace: str, sa_name: str, pod_dir: Path) -> Path:
+        import yaml
+
+        token = self.mint_token(namespace, sa_name, [], 3600)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.api_server}}],
+            "users": [{"name": sa_name, "user": {"token": token}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "emulator", "user": sa_name, "namespace": namespace}}],
+            "current-context": "pod",
+        }
+        path = pod_dir / "kubeconfig"
+        _write(path, yaml.safe_dump(config), 0o600)
+        return path
+
+    @staticmethod
+    def _mount(ctr: Mapping[str, Any], volumes: Mapping[str, Path], pod_dir: Path) -> list[tuple[str, Path]]:
+        mounts: list[tuple[str, Path]] = []
+        for mount in ctr.get("volumeMounts", []):
+            if mount["name"] not in volumes:
+                raise PodError(f"volumeMount {mount['name']!r} names no volume")
+            source = volumes[mount["name"]]
+            if sub := mount.get("subPath"):
+                source = source / sub
+                if not source.exists() and source.parent == volumes[mount["name"]]:
+                    source.mkdir(parents=True)  # the kubelet creates a missing subPath dir
+            link = pod_dir / "rootfs" / mount["mountPath"].lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(source)
+            mounts.append((mount["mountPath"], link))
+        return mounts
+
+    @staticmethod
+    def _remap_file_contents(volumes: Mapping[str, Path], mounts: list[tuple[str, Path]]) -> None:
+        """Rule 1 for config files: the ini the operator renders names absolute paths."""
+        for path in volumes.values():
+            if "/pvc/" in str(path):
+                continue  # user data, not configuration
+            for file in path.rglob("*"):
+                if file.is_file() and not file.is_symlink():
+                    try:
+                        text = file.read_text()
+                    except UnicodeDecodeError:
+                        continue
+                    remapped = remap_paths(text, mounts)
+                    if remapped != text:
+                        mode = file.stat().st_mode
+                        file.chmod(0o600)
+                        file.write_text(remapped)
+                        file.chmod(mode & 0o777)
+
+
+def _write(path: Path, content: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    path.chmod(mode)
+
+
+# -- processes ---------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    """A started container process; its own process group so workers die with it."""
+
+    prepared: Prepared
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        port = next(iter(self.prepared.ports.values()))
+        return f"http://127.0.0.1:{port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout)
+            except ProcessLookupError:
+                pass
+        # uvicorn workers may linger in the group for a moment after the parent exits
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def start(prepared: Prepared, log_path: Path) -> Running:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            prepared.argv,
+            env=prepared.env,
+            cwd=prepared.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Running(prepared, proc, log_path)
+
+
+def run_to_completion(prepared: Prepared, log_path: Path, timeout: float) -> tuple[int, str]:
+    running = start(prepared, log_path)
+    try:
+        code = running.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        running.stop()
+        raise PodError(f"pod {prepared.pod} did not finish within {timeout:.0f}s:\n{running.log()[-4000:]}")
+    running.stop()
+    return code, running.log()
+
+
+def wait_ready(running: Running, timeout: float) -> None:
+    """Poll the container's readinessProbe (httpGet) like a kubelet; fail fast if it exits."""
+    probe = running.prepared.readiness or {}
+    http = probe.get("httpGet")
+    if http is None:
+        raise PodError("only httpGet readiness probes are supported")
+    url = f"http://127.0.0.1:{running.prepared.local_port(http['port'])}{http.get('path', '/')}"
+    headers = {h["name"]: h["value"] for h in http.get("httpHeaders", [])}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running.proc.poll() is not None:
+            raise PodError(f"pod {running.prepared.pod} exited with {running.proc.returncode}:\n{running.log()[-4000:]}")
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as resp:
+                if 200 <= resp.status < 400:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise PodError(f"pod {running.prepared.pod} not ready after {timeout:.0f}s:\n{running.log()[-4000:]}")
