@@ -30,6 +30,10 @@ namespace without privileges, a few things are remapped, each by one documented 
    omitted, namespace) are still mounted at the remapped in-cluster path.
 4. Image. The container image's Python environment is this repository's venv: ``PATH``
    starts with the venv's ``bin``; ``HOME`` is a per-pod directory (the image's home).
+5. Cluster DNS. Service names (``<svc>.<ns>.svc``) do not resolve locally, so pods get
+   ``HTTP_PROXY`` pointing at the harness's Service proxy (``tests.e2e.network``), which
+   routes by Host to the local port of the pod behind the Service and keeps the Host
+   header, so the server's ``--allowed-hosts`` check sees what it would in a cluster.
 
 Not emulated (documented, by design): securityContext (uid, read-only root filesystem,
 capabilities) and resources; a test asserts them on the manifest instead.
@@ -149,12 +153,14 @@ class Kubelet:
         mint_token: TokenMinter,
         api_server: str,
         bin_dir: Path | None = None,
+        proxy_url: str | None = None,
     ) -> None:
         self.root = root
         self.read_object = read_object
         self.mint_token = mint_token
         self.api_server = api_server
         self.bin_dir = bin_dir or Path(sys.executable).parent
+        self.proxy_url = proxy_url
 
     # -- preparation -------------------------------------------------------------
 
@@ -203,6 +209,9 @@ class Kubelet:
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": self.api_server.rsplit(":", 1)[-1].strip("/"),
         }
+        if self.proxy_url:  # rule 5: Service DNS names resolve through the Service proxy
+            proxy = {"HTTP_PROXY": self.proxy_url, "NO_PROXY": "127.0.0.1,localhost"}
+            base.update(proxy | {k.lower(): v for k, v in proxy.items()})
         cwd = Path(remap_paths(ctr["workingDir"], mounts)) if ctr.get("workingDir") else home
         return Prepared(
             pod=pod_name,
