@@ -1,0 +1,376 @@
+"""Typed model of the MLflowServer spec.
+
+It mirrors `crds/mlflowservers.yaml` field for field and applies the SAME defaults
+(tests/operator/test_crd.py checks they agree), because the operator must behave the
+same whether or not the API server defaulted the object (e.g. `mlflow-operator render`
+on a local file). On top of the schema it checks what the API server cannot: permission
+names, `namespace:name` forms, flags the operator manages itself.
+
+Values that depend on the object's name or namespace (audience, allowed namespaces)
+stay None here; `names.py` computes them, so the model never needs the object's identity.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+try:
+    _VERSION = version("mlflow-operator")
+except PackageNotFoundError:  # running from a source tree without installing
+    _VERSION = "0.0.0"
+
+# The one place the default server image is named; plugin/Dockerfile builds it.
+DEFAULT_IMAGE = f"ghcr.io/mlflow-operator/mlflow-server:{_VERSION}"
+
+Permission = Literal["READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS"]
+PERMISSIONS: tuple[str, ...] = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
+NAMESPACE_RE = re.compile(rf"^{_DNS_LABEL}$")
+SERVICE_ACCOUNT_RE = re.compile(rf"^({_DNS_LABEL}):({_DNS_SUBDOMAIN})$")
+NAMESPACE_PERMISSION_RE = re.compile(rf"^({_DNS_LABEL}):([A-Z_]+)$")
+
+# Flags and variables the operator sets itself: letting extraArgs/extraEnv override
+# them would silently break authentication or storage, so they are rejected instead.
+MANAGED_FLAGS: frozenset[str] = frozenset({
+    "--app-name", "--host", "-h", "--port", "-p", "--workers", "-w",
+    "--backend-store-uri", "--registry-store-uri", "--default-artifact-root",
+    "--artifacts-destination", "--serve-artifacts", "--no-serve-artifacts",
+    "--allowed-hosts", "--expose-prometheus", "--dev", "--gunicorn-opts",
+    "--waitress-opts", "--artifacts-only", "--disable-security-middleware",
+})
+MANAGED_ENV: frozenset[str] = frozenset({
+    "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_BACKEND_STORE_URI", "MLFLOW_REGISTRY_STORE_URI",
+    "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_DEFAULT_ARTIFACT_ROOT",
+    "MLFLOW_SERVE_ARTIFACTS", "MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_HOST",
+    "MLFLOW_PORT", "MLFLOW_WORKERS", "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE",
+})
+
+
+class SpecError(Exception):
+    """An MLflowServer spec the operator cannot act on.
+
+    `reason` is CamelCase (for conditions and Events); `message` is for humans and
+    never contains secret values.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ServerRef:
+    """Identity of one MLflowServer object."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class GeneratedSecrets:
+    """Values the operator generates once and keeps in Secrets; never regenerated.
+
+    The handlers generate them only when the Secrets do not exist yet and otherwise read
+    them back. `admin_password` is None when the user supplies
+    `auth.basicAuth.existingAdminSecret` (nothing to render then).
+    """
+
+    flask_secret_key: str
+    admin_password: str | None = None
+
+    def __repr__(self) -> str:  # keep values out of logs and tracebacks
+        return "GeneratedSecrets(<redacted>)"
+
+
+@dataclass(frozen=True)
+class StoreUris:
+    """Database URIs the handlers read from the user's Secrets at reconcile time.
+
+    None means "not configured" (sqlite on the volume). See `MLflowServerSpec.secret_refs`
+    for which ones to read.
+    """
+
+    backend_store: str | None = None
+    auth_database: str | None = None
+
+    def __repr__(self) -> str:  # URIs usually embed a password
+        return "StoreUris(<redacted>)"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(default="uri", min_length=1, max_length=253)
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Resources(_Model):
+    requests: dict[str, str | int] = Field(default_factory=dict)
+    limits: dict[str, str | int] = Field(default_factory=dict)
+
+
+def _default_resources() -> Resources:
+    return Resources(requests={"cpu": "250m", "memory": "512Mi"}, limits={"memory": "2Gi"})
+
+
+class BackendStore(_Model):
+    uri_secret_ref: SecretKeyRef | None = None
+
+
+class Artifacts(_Model):
+    destination: str | None = Field(default=None, pattern=r"^(s3|gs|wasbs)://.+", max_length=1024)
+    proxied: bool = True
+    credentials_secret: str | None = Field(default=None, max_length=253)
+    s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://.+", max_length=1024)
+
+
+class BasicAuth(_Model):
+    enabled: bool = True
+    existing_admin_secret: str | None = Field(default=None, max_length=253)
+
+
+class AuthDatabase(_Model):
+    uri_secret_ref: SecretKeyRef
+
+
+class Auth(_Model):
+    audience: str | None = Field(default=None, min_length=1, max_length=512)
+    allowed_namespaces: list[str] | None = Field(default=None, max_length=256)
+    admin_service_accounts: list[str] = Field(default_factory=list, max_length=256)
+    namespace_permissions: list[str] = Field(default_factory=list, max_length=256)
+    default_permission: Permission = "READ"
+    basic_auth: BasicAuth = Field(default_factory=BasicAuth)
+    auth_database: AuthDatabase | None = None
+    token_cache_ttl_seconds: int = Field(
+        default=120, ge=1, le=3600, alias="tokenCacheTTLSeconds"
+    )
+    token_review_timeout_seconds: int = Field(default=5, ge=1, le=60)
+
+    @model_validator(mode="after")
+    def _check_forms(self) -> Auth:
+        for ns in self.allowed_namespaces or []:
+            if ns != "*" and not NAMESPACE_RE.match(ns):
+                raise SpecError(
+                    "InvalidNamespace",
+                    f"auth.allowedNamespaces: {ns!r} is not a namespace name or '*'",
+                )
+        for sa in self.admin_service_accounts:
+            if not SERVICE_ACCOUNT_RE.match(sa):
+                raise SpecError(
+                    "InvalidServiceAccount",
+                    f"auth.adminServiceAccounts: {sa!r} is not of the form namespace:name",
+                )
+        for entry in self.namespace_permissions:
+            match = NAMESPACE_PERMISSION_RE.match(entry)
+            if not match or match.group(2) not in PERMISSIONS:
+                raise SpecError(
+                    "InvalidPermission",
+                    f"auth.namespacePermissions: {entry!r} is not of the form namespace:PERMISSION"
+                    f" with PERMISSION one of {', '.join(PERMISSIONS)}",
+                )
+        return self
+
+
+class EnvVar(_Model):
+    # Kubernetes EnvVar, kept open (valueFrom has many shapes) but name is required.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(min_length=1)
+
+
+class Server(_Model):
+    workers: int = Field(default=2, ge=1, le=64)
+    allowed_hosts: list[str] = Field(default_factory=list, max_length=64)
+    extra_args: list[str] = Field(default_factory=list, max_length=64)
+    extra_env: list[EnvVar] = Field(default_factory=list, max_length=128)
+    expose_metrics: bool = False
+    cluster_domain: str = Field(default="cluster.local", pattern=rf"^{_DNS_SUBDOMAIN}$")
+
+    @model_validator(mode="after")
+    def _check_managed(self) -> Server:
+        for arg in self.extra_args:
+            flag = arg.split("=", 1)[0]
+            if flag in MANAGED_FLAGS:
+                raise SpecError(
+                    "ConflictingServerArgs",
+                    f"server.extraArgs: {flag} is set by the operator; use the matching spec field",
+                )
+        for env in self.extra_env:
+            if env.name in MANAGED_ENV:
+                raise SpecError(
+                    "ConflictingServerEnv",
+                    f"server.extraEnv: {env.name} is set by the operator; use the matching spec field",
+                )
+        return self
+
+
+class Service(_Model):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: int = Field(default=5000, ge=1, le=65535)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class IngressTLS(_Model):
+    secret_name: str = Field(min_length=1, max_length=253)
+
+
+class Ingress(_Model):
+    enabled: bool = False
+    class_name: str | None = None
+    host: str | None = Field(default=None, pattern=rf"^{_DNS_SUBDOMAIN}$", max_length=253)
+    path: str = Field(default="/", pattern=r"^/")
+    annotations: dict[str, str] = Field(default_factory=dict)
+    tls: IngressTLS | None = None
+
+
+class Storage(_Model):
+    size: str = Field(default="10Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+    storage_class_name: str | None = None
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
+
+
+class NetworkPolicy(_Model):
+    enabled: bool = False
+    # NetworkPolicyPeer objects, passed through; empty = the auth.allowedNamespaces.
+    from_: list[dict[str, Any]] = Field(default_factory=list, alias="from", max_length=64)
+
+
+class MLflowServerSpec(_Model):
+    image: str | None = Field(default=None, min_length=1, max_length=512)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(default_factory=list, max_length=16)
+    replicas: int = Field(default=1, ge=0, le=100)
+    resources: Resources = Field(default_factory=_default_resources)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    topology_spread_constraints: list[dict[str, Any]] = Field(default_factory=list, max_length=16)
+    priority_class_name: str | None = None
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    service_account_annotations: dict[str, str] = Field(default_factory=dict)
+    backend_store: BackendStore = Field(default_factory=BackendStore)
+    artifacts: Artifacts = Field(default_factory=Artifacts)
+    auth: Auth = Field(default_factory=Auth)
+    server: Server = Field(default_factory=Server)
+    service: Service = Field(default_factory=Service)
+    ingress: Ingress = Field(default_factory=Ingress)
+    storage: Storage = Field(default_factory=Storage)
+    network_policy: NetworkPolicy = Field(default_factory=NetworkPolicy)
+
+    @property
+    def server_image(self) -> str:
+        return self.image or DEFAULT_IMAGE
+
+    @property
+    def needs_pvc(self) -> bool:
+        """True when anything lives on the local volume (sqlite files or artifacts)."""
+        return (
+            self.backend_store.uri_secret_ref is None
+            or self.auth.auth_database is None
+            or self.artifacts.destination is None
+        )
+
+    def secret_refs(self) -> dict[str, SecretKeyRef]:
+        """User Secrets whose values the handlers must read and pass to render."""
+        refs: dict[str, SecretKeyRef] = {}
+        if self.backend_store.uri_secret_ref is not None:
+            refs["backendStore"] = self.backend_store.uri_secret_ref
+        if self.auth.auth_database is not None:
+            refs["authDatabase"] = self.auth.auth_database.uri_secret_ref
+        return refs
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> MLflowServerSpec:
+        _check_replicas(self)
+        if self.ingress.tls is not None and not self.ingress.host:
+            raise SpecError("InvalidIngress", "ingress.tls requires ingress.host")
+        if self.ingress.enabled and not self.ingress.host:
+            raise SpecError("InvalidIngress", "ingress.enabled requires ingress.host")
+        if not self.artifacts.proxied and self.artifacts.destination is None:
+            raise SpecError(
+                "InvalidArtifacts",
+                "artifacts.proxied=false requires artifacts.destination (clients need a"
+                " location they can reach themselves)",
+            )
+        return self
+
+
+def _check_replicas(spec: MLflowServerSpec) -> None:
+    if spec.replicas <= 1:
+        return
+    if spec.backend_store.uri_secret_ref is None:
+        raise SpecError(
+            "SqliteWithReplicas",
+            "replicas > 1 requires backendStore.uriSecretRef (an external database);"
+            " sqlite on a volume cannot be shared by several pods",
+        )
+    if spec.auth.auth_database is None:
+        raise SpecError(
+            "SqliteWithReplicas",
+            "replicas > 1 requires auth.authDatabase (an external database for users and"
+            " permissions); sqlite on a volume cannot be shared by several pods",
+        )
+    if spec.artifacts.destination is None and spec.storage.access_mode != "ReadWriteMany":
+        raise SpecError(
+            "ArtifactsVolumeWithReplicas",
+            "replicas > 1 with artifacts on the volume requires storage.accessMode"
+            " ReadWriteMany, or set artifacts.destination (s3://, gs://, wasbs://)",
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Deep-copy Kopf's read-only Mapping views into plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _describe(error: ValidationError) -> str:
+    # Built from locations and messages only: pydantic's own str() echoes input values,
+    # and a user may have pasted a secret into the wrong field.
+    parts = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in item["loc"]) or "spec"
+        parts.append(f"spec.{where}: {item['msg']}" if where != "spec" else item["msg"])
+    return "; ".join(parts)
+
+
+def parse_spec(spec: Mapping[str, Any] | None) -> MLflowServerSpec:
+    """Validate a raw spec, apply defaults, or raise SpecError."""
+    # SpecError raised in our validators is not a ValueError, so pydantic lets it
+    # through unwrapped, with its own reason.
+    try:
+        return MLflowServerSpec.model_validate(_plain(spec or {}))
+    except ValidationError as error:
+        raise SpecError("InvalidSpec", _describe(error)) from None

@@ -1,0 +1,208 @@
+"""The CRD file: structural, documented, and in agreement with the typed model."""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from mlflow_operator import model, names
+
+CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "mlflowservers.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def spec_schema(crd: dict[str, Any]) -> dict[str, Any]:
+    return _version(crd)["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def _version(crd: dict[str, Any]) -> dict[str, Any]:
+    (version,) = crd["spec"]["versions"]
+    return version
+
+
+def _walk(schema: dict[str, Any], path: str = ""):
+    yield path, schema
+    for prop, sub in schema.get("properties", {}).items():
+        yield from _walk(sub, f"{path}.{prop}")
+    if isinstance(schema.get("items"), dict):
+        yield from _walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def test_identity_matches_the_fixed_names(crd: dict[str, Any]) -> None:
+    assert crd["metadata"]["name"] == f"{names.PLURAL}.{names.GROUP}"
+    assert crd["spec"]["group"] == names.GROUP
+    assert crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["names"]["kind"] == names.KIND
+    assert crd["spec"]["names"]["plural"] == names.PLURAL
+    assert crd["spec"]["names"]["shortNames"] == ["mlflow"]
+    version = _version(crd)
+    assert version["name"] == names.VERSION and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns_show_ready_replicas_url_age(crd: dict[str, Any]) -> None:
+    columns = {c["name"]: c for c in _version(crd)["additionalPrinterColumns"]}
+    assert {"Ready", "Replicas", "URL", "Age"} <= set(columns)
+    assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns["URL"]["jsonPath"] == ".status.url"
+
+
+def test_schema_is_structural(crd: dict[str, Any]) -> None:
+    root = _version(crd)["schema"]["openAPIV3Schema"]
+    for path, node in _walk(root):
+        open_ = node.get("x-kubernetes-preserve-unknown-fields") or node.get(
+            "x-kubernetes-int-or-string"
+        )
+        assert "type" in node or open_, f"{path or '<root>'} has no type"
+
+
+def test_every_field_is_documented(crd: dict[str, Any]) -> None:
+    root = _version(crd)["schema"]["openAPIV3Schema"]
+    # Scalar list items and map values are described by their list or map.
+    undocumented = [
+        path
+        for path, node in _walk(root)
+        if path
+        and path != ".metadata"
+        and not path.endswith("{}")
+        and not (path.endswith("[]") and node.get("type") != "object")
+        and not node.get("description")
+    ]
+    assert undocumented == []
+
+
+# --- agreement with the typed model -------------------------------------------------
+
+
+def _model_of(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(model class, is_list) for a field annotation like `Auth | None` or `list[EnvVar]`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_of(arg)
+            if found[0] is not None:
+                return found
+        return None, False
+    if origin is list:
+        inner, _ = _model_of(typing.get_args(annotation)[0])
+        return inner, True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    return None, False
+
+
+def _model_paths(cls: type[BaseModel], prefix: str = "") -> set[str]:
+    paths: set[str] = set()
+    for name, field in cls.model_fields.items():
+        alias = field.alias or name
+        path = f"{prefix}.{alias}"
+        paths.add(path)
+        sub, is_list = _model_of(field.annotation)
+        if sub is not None:
+            paths |= _model_paths(sub, f"{path}[]" if is_list else path)
+    return paths
+
+
+def _schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    paths: set[str] = set()
+    for prop, sub in schema.get("properties", {}).items():
+        path = f"{prefix}.{prop}"
+        paths.add(path)
+        paths |= _schema_paths(sub, path)
+        if isinstance(sub.get("items"), dict):
+            paths |= _schema_paths(sub["items"], f"{path}[]")
+    return paths
+
+
+def test_schema_and_model_have_the_same_fields(spec_schema: dict[str, Any]) -> None:
+    assert _schema_paths(spec_schema) == _model_paths(model.MLflowServerSpec)
+
+
+def _apply_schema_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """What the API server does: fill absent fields with `default`, recursively."""
+    if isinstance(value, dict) and "properties" in schema:
+        for prop, sub in schema["properties"].items():
+            if prop not in value and "default" in sub:
+                value[prop] = copy.deepcopy(sub["default"])
+            if prop in value:
+                value[prop] = _apply_schema_defaults(sub, value[prop])
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_apply_schema_defaults(schema["items"], v) for v in value]
+    return value
+
+
+def _prune_empty(value: Any) -> Any:
+    """Absent, None, [] and {} all mean "not set" for the operator."""
+    if isinstance(value, dict):
+        pruned = {k: _prune_empty(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [_prune_empty(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"auth": {}},
+        {"auth": {"basicAuth": {"existingAdminSecret": "mine"}, "allowedNamespaces": ["*"]}},
+        {"backendStore": {"uriSecretRef": {"name": "db"}}},
+        {"auth": {"authDatabase": {"uriSecretRef": {"name": "db", "key": "auth"}}}},
+        {"ingress": {"enabled": True, "host": "mlflow.example.com", "tls": {"secretName": "t"}}},
+        {"resources": {"requests": {"cpu": "1"}}},
+        {"server": {"extraEnv": [{"name": "A", "value": "b"}]}, "tolerations": [{"key": "k"}]},
+    ],
+)
+def test_schema_defaults_equal_model_defaults(spec_schema: dict[str, Any], spec: dict) -> None:
+    by_api_server = _apply_schema_defaults(spec_schema, copy.deepcopy(spec))
+    by_model = model.parse_spec(spec).model_dump(by_alias=True, exclude_none=True)
+    assert _prune_empty(by_api_server) == _prune_empty(by_model)
+
+
+def _enum_paths(schema: dict[str, Any]) -> dict[str, list[Any]]:
+    return {path: node["enum"] for path, node in _walk(schema) if "enum" in node}
+
+
+def test_schema_enums_equal_model_literals(spec_schema: dict[str, Any]) -> None:
+    enums = _enum_paths(spec_schema)
+    assert enums  # the walk found them
+    for path, values in enums.items():
+        fields = path.strip(".").replace("[]", "").split(".")
+        cls: type[BaseModel] = model.MLflowServerSpec
+        for part in fields[:-1]:
+            field = next(f for n, f in cls.model_fields.items() if (f.alias or n) == part)
+            cls = _model_of(field.annotation)[0]  # type: ignore[assignment]
+        field = next(f for n, f in cls.model_fields.items() if (f.alias or n) == fields[-1])
+        assert set(values) == _literal_values(field.annotation), path
+
+
+def _literal_values(annotation: Any) -> set[Any]:
+    """Values of a Literal, also inside `Literal[...] | None`."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return set(typing.get_args(annotation))
+    values: set[Any] = set()
+    for arg in typing.get_args(annotation):
+        values |= _literal_values(arg)
+    return values
+
+
+def test_default_permission_enum_is_the_plugins_permission_list(
+    spec_schema: dict[str, Any],
+) -> None:
+    enum = spec_schema["properties"]["auth"]["properties"]["defaultPermission"]["enum"]
+    assert tuple(enum) == model.PERMISSIONS
