@@ -195,7 +195,7 @@ def _check_mlflow_section(parser: configparser.ConfigParser) -> configparser.Sec
             f"[mlflow] authorization_function must be {AUTHORIZATION_FUNCTION!r} "
             f"for --app-name k8s-auth, got {function or '(unset)'!r}"
         )
-    default_permission = mlflow.get("default_permission", "READ").strip()
+    default_permission = mlflow.get("default_permission", "").strip()
     if default_permission not in PERMISSIONS:
         raise ConfigError(
             f"[mlflow] default_permission must be one of {', '.join(sorted(PERMISSIONS))}, "

@@ -1,0 +1,73 @@
+"""`mlflow server --app-name k8s-auth`: MLflow's auth app with our authorization function.
+
+The ini is validated when this module is imported. `mlflow server` imports it in the CLI
+process (to see whether the app is a factory) before any uvicorn worker exists, so a bad
+config ends the command with one message and exit code 1 instead of a worker respawn loop.
+In that same CLI process the auth database and admin user are bootstrapped once, as MLflow
+does for its own `basic-auth` app.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import runtime
+from .config import ConfigError, K8sAuthConfig, load_config
+
+_PREFIX = "mlflow-k8s-auth"
+_URI_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def _fail(message: str) -> None:
+    print(f"{_PREFIX}: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def _validated_config() -> K8sAuthConfig:
+    path = os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
+    if not path:
+        _fail("MLFLOW_AUTH_CONFIG_PATH is not set; point it at the ini with [mlflow] and [k8s_auth]")
+    try:
+        config = load_config(path)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        _fail(f"invalid auth config: {exc}")
+        raise  # unreachable; keeps type checkers happy
+    if config.kubeconfig and not Path(config.kubeconfig).is_file():
+        _fail(f"invalid auth config: [k8s_auth] kubeconfig {config.kubeconfig!r} is not a readable file")
+    return config
+
+
+def _redact(text: str) -> str:
+    return _URI_PASSWORD.sub(r"\1***@", text.splitlines()[0] if text else "")
+
+
+def _bootstrap_in_cli_process() -> None:
+    """Create tables' admin user once before workers start (MLflow does this for basic-auth)."""
+    if os.environ.get("_MLFLOW_SGI_NAME") or os.environ.get("_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"):
+        return  # a worker, or already done
+    try:
+        from mlflow.server.auth import bootstrap_admin_user, get_flask_server_secret_key
+
+        get_flask_server_secret_key()
+        bootstrap_admin_user()
+    except Exception as exc:  # one clear line, no traceback, no database password
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        _fail(f"cannot start: {_redact(str(message))}")
+    # Inherited by the uvicorn workers `mlflow server` spawns next.
+    os.environ["_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"] = "true"
+
+
+CONFIG = _validated_config()
+_bootstrap_in_cli_process()
+
+
+def create_app(app: Any = None) -> Any:
+    """App factory named by the `mlflow.app` entry point `k8s-auth`."""
+    from mlflow.server import auth as mlflow_auth
+
+    runtime.install(runtime.build_runtime(CONFIG, mlflow_auth.store))
+    return mlflow_auth.create_app() if app is None else mlflow_auth.create_app(app)

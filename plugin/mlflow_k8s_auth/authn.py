@@ -1,0 +1,126 @@
+"""`authenticate_request`: MLflow's `authorization_function` for ServiceAccount tokens.
+
+Flow: credentials -> (cache | pre-check -> TokenReview -> policy -> JIT user) -> werkzeug
+Authorization. Works from headers alone (MLflow's FastAPI bridge gives a partial request
+context), memoises per request in `flask.g`, and never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+
+from flask import Response, g, request
+from werkzeug.datastructures import Authorization
+
+from . import metrics, responses, runtime
+from .credentials import Basic, Bearer, Malformed, extract
+from .outcomes import Invalid, ReviewOutcome, Reviewed, Unavailable
+from .policy import Forbidden, Grant, decide
+from .precheck import Claims, Rejected, precheck, split_service_account
+
+_logger = logging.getLogger(__name__)
+_MEMO = "_mlflow_k8s_auth_result"
+Result = Authorization | Response
+
+
+def authenticate_request() -> Result:
+    try:
+        memo = g.get(_MEMO)
+        if memo is not None:
+            return memo
+        result = _authenticate(request.headers, request.path)
+        setattr(g, _MEMO, result)
+        return result
+    except Exception as exc:  # a bug or a dead database must not become a 500 with a trace
+        _logger.error("authentication failed unexpectedly: %s", type(exc).__name__)
+        metrics.AUTH_DECISIONS.labels(method="unknown", result="error").inc()
+        return responses.unavailable("authentication is temporarily unavailable")
+
+
+def _authenticate(headers, path: str) -> Result:  # type: ignore[no-untyped-def]
+    state = runtime.current()
+    allow_basic = state.config.allow_basic_auth
+    credentials = extract(headers, path)
+    if credentials is None:
+        return _deny("none", "no credentials: send 'Authorization: Bearer <ServiceAccount token>'", allow_basic)
+    if isinstance(credentials, Malformed):
+        return _deny("malformed", credentials.reason, allow_basic)
+    if isinstance(credentials, Basic):
+        return _basic(credentials, path, allow_basic)
+    return _bearer(credentials, allow_basic)
+
+
+def _deny(method: str, message: str, allow_basic: bool) -> Response:
+    metrics.AUTH_DECISIONS.labels(method=method, result="unauthenticated").inc()
+    return responses.unauthenticated(message, allow_basic)
+
+
+def _bearer(credentials: Bearer, allow_basic: bool) -> Result:
+    state = runtime.current()
+    token = credentials.token
+    key = state.cache.key(token)
+    outcome: ReviewOutcome | None = state.cache.lookup(key)
+    if outcome is not None:
+        metrics.CACHE_LOOKUPS.labels(result="hit").inc()
+    else:
+        claims = precheck(token, state.config.audiences, state.config.issuers)
+        if isinstance(claims, Rejected):
+            return _deny("bearer", claims.reason, allow_basic)
+        outcome, shared = state.cache.get_or_review(key, lambda: _review(token, claims))
+        metrics.CACHE_LOOKUPS.labels(result="hit" if shared else "miss").inc()
+    return _answer(outcome, allow_basic)
+
+
+def _review(token: str, claims: Claims) -> ReviewOutcome:
+    """TokenReview, then (for a valid, allowed ServiceAccount) make its MLflow user current."""
+    state = runtime.current()
+    outcome = state.reviewer.review(token, claims)
+    if isinstance(outcome, Reviewed):
+        grant = decide(state.config, outcome)
+        if isinstance(grant, Grant):
+            try:
+                state.provisioner.sync(grant)
+            except Exception as exc:
+                _logger.error("could not provision MLflow user %s: %s", grant.username, type(exc).__name__)
+                return Unavailable("user store")
+    return outcome
+
+
+def _answer(outcome: ReviewOutcome, allow_basic: bool) -> Result:
+    state = runtime.current()
+    if isinstance(outcome, Unavailable):
+        metrics.AUTH_DECISIONS.labels(method="bearer", result="unavailable").inc()
+        return responses.unavailable("cannot verify the token right now, retry shortly")
+    if isinstance(outcome, Invalid):
+        return _deny("bearer", outcome.reason, allow_basic)
+    grant = decide(state.config, outcome)
+    if isinstance(grant, Forbidden):
+        metrics.AUTH_DECISIONS.labels(method="bearer", result="forbidden").inc()
+        return responses.forbidden(grant.reason)
+    metrics.AUTH_DECISIONS.labels(method="bearer", result="ok").inc()
+    return Authorization("bearer", {"username": grant.username})
+
+
+def _basic(credentials: Basic, path: str, allow_basic: bool) -> Result:
+    if not allow_basic:
+        return _deny("basic", "Basic auth is disabled on this server: use a bearer token", allow_basic)
+    if split_service_account(credentials.username) is not None:
+        return _deny("basic", "ServiceAccounts must authenticate with a bearer token", allow_basic)
+    username = _basic_user(credentials, path)
+    if username is None:
+        return _deny("basic", "invalid username or password", allow_basic)
+    metrics.AUTH_DECISIONS.labels(method="basic", result="ok").inc()
+    return Authorization("basic", {"username": username, "password": credentials.password})
+
+
+def _basic_user(credentials: Basic, path: str) -> str | None:
+    """MLflow's own check (with its credential cache), plus its internal gateway job token."""
+    from mlflow.server import auth as mlflow_auth
+
+    internal = os.environ.get("_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN")
+    if internal and "/gateway/" in path and secrets.compare_digest(credentials.password.encode(), internal.encode()):
+        return credentials.username if mlflow_auth.store.has_user(credentials.username) else None
+    user = mlflow_auth._authenticate_cached(credentials.username, credentials.password)
+    return user.username if user is not None else None

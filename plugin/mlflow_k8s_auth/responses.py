@@ -1,0 +1,30 @@
+"""The JSON error answers of the plugin. Messages never quote a credential."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Response
+
+RETRY_AFTER_SECONDS = 5
+
+
+def _json(status: int, error_code: str, message: str) -> Response:
+    body = json.dumps({"error_code": error_code, "message": message})
+    return Response(body, status=status, mimetype="application/json")
+
+
+def unauthenticated(message: str, allow_basic: bool) -> Response:
+    response = _json(401, "UNAUTHENTICATED", message)
+    response.headers["WWW-Authenticate"] = "Bearer, Basic" if allow_basic else "Bearer"
+    return response
+
+
+def forbidden(message: str) -> Response:
+    return _json(403, "PERMISSION_DENIED", message)
+
+
+def unavailable(message: str) -> Response:
+    response = _json(503, "TEMPORARILY_UNAVAILABLE", message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
