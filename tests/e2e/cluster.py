@@ -35,6 +35,7 @@ import requests
 
 from tests.e2e import kubelet
 from tests.e2e.network import ServiceProxy, ServiceTable
+from tests.support import tokens
 
 T = TypeVar("T")
 
@@ -83,14 +84,14 @@ class ServerPod:
 
 
 class LocalCluster:
-    def __init__(self, api_url: str, root: Path, mint_token: kubelet.TokenMinter) -> None:
+    def __init__(self, api_url: str, root: Path) -> None:
         self.api_url = api_url.rstrip("/")
         self.root = root
         self.http = requests.Session()
         self.http.trust_env = False  # the API server is local; never through a proxy
         self.services = ServiceTable()
         self.proxy = ServiceProxy(self.services)
-        self.kubelet = kubelet.Kubelet(root, self.read_object, mint_token, self.api_url, proxy_url=None)
+        self.kubelet = kubelet.Kubelet(root, self.read_object, self.request_token, self.api_url)
         self.pods: dict[tuple[str, str], ServerPod] = {}
         self.finished_jobs: dict[tuple[str, str], int] = {}
 
@@ -133,6 +134,20 @@ class LocalCluster:
         )
         resp.raise_for_status()
         return resp.json()
+
+    def request_token(self, namespace: str, name: str, audiences: list[str], expiration: int) -> str:
+        """What the kubelet gets from TokenRequest: a token bound to the live ServiceAccount.
+
+        Signed by the key the emulator's TokenReview trusts; carries the SA's current uid,
+        so deleting the ServiceAccount invalidates it, as in a cluster.
+        """
+        sa = self.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")
+        if sa is None:
+            raise kubelet.PodError(f"ServiceAccount {namespace}/{name} not found")
+        return tokens.mint_token(
+            namespace, name, audiences or [tokens.API_AUDIENCE],
+            uid=sa["metadata"].get("uid"), expires_in=expiration,
+        )
 
     # -- Jobs ----------------------------------------------------------------------
 
