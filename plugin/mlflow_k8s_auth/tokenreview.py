@@ -7,6 +7,7 @@ becomes `Unavailable`, which the caller answers with 503 and never caches.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -27,6 +28,10 @@ def build_api(kubeconfig: str | None) -> k8s.AuthenticationV1Api:
     configuration = k8s.Configuration()
     if kubeconfig:
         k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    elif os.environ.get("KUBECONFIG"):
+        # kubectl's convention: an explicit KUBECONFIG wins over the in-cluster account
+        # (lets the server run outside a pod, e.g. the e2e harness against plain-http APIs).
+        k8s_config.load_kube_config(client_configuration=configuration)
     else:
         # Re-reads the projected token file as the kubelet rotates it.
         k8s_config.load_incluster_config(client_configuration=configuration)
