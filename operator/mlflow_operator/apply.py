@@ -1,0 +1,144 @@
+"""Create-or-patch of rendered manifests, idempotent and quiet in steady state.
+
+One GET per object; a POST when it is missing; a merge-PATCH only when a field the
+operator renders differs from the live object (fields the API server or other controllers
+add are left alone, so a reconcile of an unchanged object writes nothing).
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mlflow_operator.api import ApiError, KubeApi, describe, resource_of
+
+APPLY_POLICY = "mlflow-operator.dev/apply-policy"
+CREATE_ONLY = "create-only"
+
+
+@dataclasses.dataclass
+class ApplyResult:
+    created: list[str] = dataclasses.field(default_factory=list)
+    updated: list[str] = dataclasses.field(default_factory=list)
+    unchanged: list[str] = dataclasses.field(default_factory=list)
+    # The live objects after apply, keyed by `Kind/name`: status is computed from them.
+    live: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def merge(self, other: ApplyResult) -> None:
+        self.created += other.created
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.live.update(other.live)
+
+
+def is_create_only(manifest: Mapping[str, Any]) -> bool:
+    annotations = manifest.get("metadata", {}).get("annotations") or {}
+    return annotations.get(APPLY_POLICY) == CREATE_ONLY
+
+
+def is_subset(want: Any, have: Any) -> bool:
+    """Does the live value `have` already contain everything in `want`?
+
+    Maps may hold extra keys (server defaults); lists must match element by element,
+    since a merge patch replaces a list as a whole.
+    """
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(
+            key in have and is_subset(value, have[key]) for key, value in want.items())
+    if isinstance(want, list):
+        return (isinstance(have, list) and len(want) == len(have)
+                and all(is_subset(w, h) for w, h in zip(want, have)))
+    if isinstance(want, bool) or isinstance(have, bool):
+        return want is have
+    if isinstance(want, (int, float)) and isinstance(have, (int, float)):
+        return want == have
+    return want == have or (want is not None and str(want) == str(have))
+
+
+def normalize(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A Secret's `stringData` is write-only (the API server folds it into `data`), so it
+    is created, compared and patched in its stored, base64 form."""
+    body = dict(manifest)
+    if manifest.get("kind") == "Secret" and body.get("stringData"):
+        data = dict(body.get("data") or {})
+        for key, value in body.pop("stringData").items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        body["data"] = data
+    return body
+
+
+def _comparable(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a manifest that a patch may change (identity fields excluded)."""
+    return {key: value for key, value in manifest.items()
+            if key not in ("apiVersion", "kind", "status")}
+
+
+def _is_owned_elsewhere(manifest: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    """A live object with a different controller must not be taken over silently."""
+    want = {ref.get("uid") for ref in manifest["metadata"].get("ownerReferences") or []
+            if ref.get("controller")}
+    have = {ref.get("uid") for ref in live.get("metadata", {}).get("ownerReferences") or []
+            if ref.get("controller")}
+    return bool(want and have and not want & have)
+
+
+class ConflictError(Exception):
+    """The object exists but belongs to someone else."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what} already exists and is controlled by another owner")
+        self.what = what
+
+
+def apply_one(api: KubeApi, manifest: Mapping[str, Any], result: ApplyResult,
+              known: Mapping[str, dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    """Create, patch or leave one object; `known` holds live objects (or None for absent)
+    the caller fetched moments ago, so they are not read twice."""
+    manifest = normalize(manifest)
+    res, meta, what = resource_of(manifest), manifest["metadata"], describe(manifest)
+    if known is not None and what in known:
+        live = known[what]
+    else:
+        live = api.get(res, meta.get("namespace"), meta["name"])
+    if live is None:
+        try:
+            live = api.create(manifest)
+            result.created.append(what)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            # Created concurrently (another reconcile, or a user): re-read and fall through.
+            live = api.get(res, meta.get("namespace"), meta["name"]) or {}
+    elif _is_owned_elsewhere(manifest, live):
+        raise ConflictError(what)
+    elif is_create_only(manifest) or is_subset(_comparable(manifest), live):
+        result.unchanged.append(what)
+    else:
+        live = api.patch(res, meta.get("namespace"), meta["name"], _comparable(manifest))
+        result.updated.append(what)
+    result.live[what] = live
+    return live
+
+
+def apply_all(api: KubeApi, manifests: Iterable[Mapping[str, Any]],
+              known: Mapping[str, dict[str, Any] | None] | None = None) -> ApplyResult:
+    result = ApplyResult()
+    for manifest in manifests:
+        apply_one(api, manifest, result, known)
+    return result
+
+
+def prune(api: KubeApi, stale: Iterable[Mapping[str, Any]], owner_uid: str) -> list[str]:
+    """Delete objects the spec no longer asks for, but only those this CR controls."""
+    deleted = []
+    for manifest in stale:
+        res, meta = resource_of(manifest), manifest["metadata"]
+        live = api.get(res, meta.get("namespace"), meta["name"])
+        if live is None:
+            continue
+        owners = live.get("metadata", {}).get("ownerReferences") or []
+        if any(ref.get("uid") == owner_uid and ref.get("controller") for ref in owners):
+            if api.delete(res, meta.get("namespace"), meta["name"]):
+                deleted.append(describe(manifest))
+    return deleted

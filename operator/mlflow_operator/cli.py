@@ -1,0 +1,115 @@
+"""`mlflow-operator` command line: one argparse parser with subcommands.
+
+Adding a subcommand is a function `add_<name>(subparsers)` that registers a parser with
+`set_defaults(func=...)`, plus one line in `COMMANDS`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from mlflow_operator.settings import Options
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here: `render` must work without Kopf's machinery being started.
+    from mlflow_operator import runner
+
+    options = Options(
+        namespaces=tuple(args.namespace or ()),
+        all_namespaces=args.all_namespaces,
+        standalone=args.standalone,
+        peering=args.peering,
+        liveness=args.liveness,
+        resync_seconds=args.resync_seconds,
+        watch_timeout_seconds=args.watch_timeout,
+        worker_limit=args.worker_limit,
+    )
+    runner.run(options, log_format=args.log_format, verbose=args.verbose)
+    return 0
+
+
+def add_run(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="run the operator (watches MLflowServer objects)")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", metavar="NS",
+                       help="watch this namespace (repeatable; globs like team-* work)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch all namespaces (the default when no --namespace is given)")
+    peer = p.add_mutually_exclusive_group()
+    peer.add_argument("--standalone", action="store_true",
+                      help="do not coordinate with other operator replicas (no peering)")
+    peer.add_argument("--peering", metavar="NAME",
+                      help="KopfPeering object used to elect one active replica")
+    p.add_argument("--liveness", metavar="URL",
+                   help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--resync-seconds", type=float, default=60.0,
+                   help="reconcile every object this often to repair drift (default 60)")
+    p.add_argument("--watch-timeout", type=int, default=300,
+                   help="seconds before a watch request is re-opened (default 300)")
+    p.add_argument("--worker-limit", type=int, default=20,
+                   help="objects reconciled concurrently (default 20)")
+    p.add_argument("--log-format", choices=("json", "plain", "full"), default="json",
+                   help="log line format (default json)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=_run)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from mlflow_operator import preview
+    from mlflow_operator.model import SpecError
+
+    try:
+        text = preview.render_file(args.filename)
+    except (OSError, ValueError, SpecError) as exc:
+        print(f"mlflow-operator render: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+def add_render(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "render", help="print the objects the operator would create for an MLflowServer file")
+    p.add_argument("-f", "--filename", required=True,
+                   help="YAML file with one MLflowServer ('-' reads standard input)")
+    p.set_defaults(func=_render)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run, add_render]
+
+
+def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands living in modules that may not exist in every build (e.g. `demo`)."""
+    found = []
+    try:
+        from mlflow_operator import demo  # type: ignore[attr-defined]
+    except ImportError:
+        return found
+    if hasattr(demo, "add_parser"):
+        found.append(demo.add_parser)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlflow-operator", description="Kubernetes operator for authenticated MLflow servers")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS + _optional_commands():
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        logging.getLogger(__name__).info("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Kopf handlers: thin adapters from Kopf's callbacks to `reconcile.run`.
+
+* create / update / resume of an MLflowServer, and a resync timer, reconcile it and write
+  `.status` through Kopf's patch (one write, only when something changed);
+* events of owned children (a Job finishing, a Deployment becoming ready, a child deleted)
+  reconcile the parent right away instead of waiting for the timer;
+* deletion removes the cluster-scoped ClusterRoleBinding (namespaced children go with
+  their ownerReferences).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import kopf
+
+from mlflow_operator import reconcile
+from mlflow_operator import status as status_mod
+from mlflow_operator.api import CR_API_VERSION, RESOURCES, ApiError, KubeApi
+from mlflow_operator.model import ServerRef
+from mlflow_operator.names import OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, cluster_role_binding_name
+from mlflow_operator.settings import Options
+
+CR = ("mlflow-operator.dev/v1alpha1", "mlflowservers")
+CR_RESOURCE = RESOURCES[(CR_API_VERSION, "MLflowServer")]
+MANAGED = {"app.kubernetes.io/managed-by": "mlflow-operator"}
+# Children whose changes matter before the next resync: status-bearing ones and the ones
+# whose deletion breaks the server at once. Everything else is repaired by the timer.
+WATCHED_CHILDREN = [
+    ("apps/v1", "deployments"),
+    ("batch/v1", "jobs"),
+    ("v1", "services"),
+    ("v1", "secrets"),
+    ("v1", "serviceaccounts"),
+    ("v1", "persistentvolumeclaims"),
+]
+_MISSING = object()
+
+
+class Locks:
+    """One lock per MLflowServer uid: its handlers, timer and child events never overlap."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    @contextlib.contextmanager
+    def hold(self, uid: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(uid, threading.Lock())
+        with lock:
+            yield
+
+    def forget(self, uid: str) -> None:
+        with self._guard:
+            self._locks.pop(uid, None)
+
+
+def make_memo(api: KubeApi, options: Options) -> kopf.Memo:
+    # Kopf gives each object a shallow copy of this memo: the containers stay shared.
+    return kopf.Memo(api=api, options=options, locks=Locks(), seen={})
+
+
+def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger) -> dict[str, Any] | None:
+    """Reconcile one MLflowServer; the new status, or None when it would not change."""
+    with memo.locks.hold(body["metadata"]["uid"]):
+        outcome = reconcile.run(memo.api, body)
+    for type_, reason, message in outcome.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    if outcome.created or outcome.updated or outcome.deleted:
+        logger.info("Applied: created %s, updated %s, deleted %s; phase %s",
+                    outcome.created, outcome.updated, outcome.deleted, outcome.status["phase"])
+    if not status_mod.changed(body.get("status"), outcome.status):
+        return None
+    return outcome.status
+
+
+def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
+              **_: Any) -> None:
+    new = _reconcile(body, memo, logger)
+    if new is not None:
+        patch.status.update(new)
+
+
+def on_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    meta = body["metadata"]
+    ref = ServerRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+    binding = RESOURCES[("rbac.authorization.k8s.io/v1", "ClusterRoleBinding")]
+    name = cluster_role_binding_name(ref)
+    with memo.locks.hold(ref.uid):
+        live = memo.api.get(binding, None, name)
+        labels = (live or {}).get("metadata", {}).get("labels") or {}
+        # Only ours: a binding with that name but other owner labels is left alone.
+        if live is not None and labels.get(OWNER_NAMESPACE_LABEL) == ref.namespace \
+                and labels.get(OWNER_NAME_LABEL) == ref.name:
+            memo.api.delete(binding, None, name)
+            logger.info("Deleted ClusterRoleBinding/%s", name)
+    memo.locks.forget(ref.uid)
+
+
+def _owner(body: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(namespace, name, uid) of the MLflowServer controlling this child."""
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "MLflowServer" and ref.get("controller") \
+                and str(ref.get("apiVersion", "")).startswith("mlflow-operator.dev/"):
+            return meta.get("namespace") or "", ref["name"], ref.get("uid", "")
+    return None
+
+
+def _summary(body: Mapping[str, Any]) -> Any:
+    """What of a child's state the parent's status depends on (spec edits by us excluded)."""
+    st = body.get("status") or {}
+    if body.get("kind") == "Job":
+        return status_mod.Migration.from_job("", body).state
+    if body.get("kind") == "Deployment":
+        return tuple(st.get(k) for k in ("readyReplicas", "updatedReplicas",
+                                          "availableReplicas", "observedGeneration"))
+    return None
+
+
+def on_child_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo,
+                   logger: logging.Logger, **_: Any) -> None:
+    owner = _owner(body)
+    if owner is None:
+        return
+    key = (body.get("kind"), body["metadata"].get("namespace"), body["metadata"]["name"])
+    if event.get("type") == "DELETED":
+        memo.seen.pop(key, None)
+    else:
+        summary = _summary(body)
+        previous = memo.seen.get(key, _MISSING)
+        memo.seen[key] = summary
+        # A first sighting is our own create or the initial listing: the parent's own
+        # handlers (create/resume) already account for it.
+        if previous is _MISSING or previous == summary:
+            return
+    _reconcile_parent(memo, owner, logger)
+
+
+def _reconcile_parent(memo: kopf.Memo, owner: tuple[str, str, str], logger: logging.Logger) -> None:
+    namespace, name, uid = owner
+    try:
+        parent = memo.api.get(CR_RESOURCE, namespace, name)
+        if parent is None or parent["metadata"].get("uid") != uid \
+                or parent["metadata"].get("deletionTimestamp"):
+            return
+        new = _reconcile(parent, memo, logger)
+        if new is not None:
+            memo.api.patch(CR_RESOURCE, namespace, name, {"status": new}, subresource="status")
+    except ApiError as exc:
+        # The timer retries; a child event must not turn into a retry storm.
+        logger.warning("Reconcile of %s/%s after a child change failed: %s", namespace, name, exc)
+
+
+def register(registry: kopf.OperatorRegistry, options: Options) -> None:
+    for cause in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        cause(*CR, registry=registry, id="reconcile")(on_change)
+    kopf.timer(*CR, registry=registry, id="resync", interval=options.resync_seconds,
+               initial_delay=options.resync_seconds)(on_change)
+    kopf.on.delete(*CR, registry=registry, id="cleanup")(on_delete)
+    for api_version, plural in WATCHED_CHILDREN:
+        kopf.on.event(api_version, plural, registry=registry, labels=MANAGED,
+                      id=f"child-{plural}")(on_child_event)

@@ -1,0 +1,161 @@
+"""One reconcile pass of an MLflowServer: spec -> inputs -> render -> apply -> status.
+
+No Kopf here (the handlers adapt it), so the same pass serves create/update/resume, the
+resync timer and child events. Problems the user must fix (a bad spec, a missing Secret,
+a failed migration, a name clash) become a Degraded status and a Warning Event, never an
+exception: raising would make Kopf retry in a loop that cannot succeed. API errors do
+raise (`ApiError`): they are usually transient and Kopf retries them with a backoff.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from mlflow_operator import names, secrets
+from mlflow_operator import status as st
+from mlflow_operator.api import RESOURCES, KubeApi
+from mlflow_operator.apply import ApplyResult, ConflictError, apply_all, prune
+from mlflow_operator.model import (GeneratedSecrets, MLflowServerSpec, ServerRef, SpecError,
+                                   StoreUris, parse_spec)
+from mlflow_operator.render import render_all
+
+SECRET = RESOURCES[("v1", "Secret")]
+DEPLOYMENT = RESOURCES[("apps/v1", "Deployment")]
+# Kinds that exist only for some specs: when the spec stops asking for one, it is deleted.
+OPTIONAL = [("networking.k8s.io/v1", "Ingress", names.ingress_name),
+            ("networking.k8s.io/v1", "NetworkPolicy", names.network_policy_name),
+            ("policy/v1", "PodDisruptionBudget", names.pdb_name)]
+
+
+@dataclasses.dataclass
+class Outcome:
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    created: list[str] = dataclasses.field(default_factory=list)
+    updated: list[str] = dataclasses.field(default_factory=list)
+    deleted: list[str] = dataclasses.field(default_factory=list)
+
+
+def server_ref(body: Mapping[str, Any]) -> ServerRef:
+    meta = body["metadata"]
+    return ServerRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+def read_store_uris(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec) -> StoreUris:
+    refs = spec.secret_refs()
+    values = {role: secrets.read_key(api, ref.namespace, key_ref.name, key_ref.key)
+              for role, key_ref in refs.items()}
+    return StoreUris(backend_store=values.get("backendStore"),
+                     auth_database=values.get("authDatabase"))
+
+
+def check_user_secrets(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec) -> None:
+    """Secrets the pods mount or read by reference: missing ones would only show up as
+    pods stuck in CreateContainerConfigError, so they are reported here instead."""
+    existing = spec.auth.basic_auth.existing_admin_secret
+    if spec.auth.basic_auth.enabled and existing:
+        secrets.read_key(api, ref.namespace, existing, names.ADMIN_PASSWORD_KEY)
+    if spec.artifacts.credentials_secret:
+        if api.get(SECRET, ref.namespace, spec.artifacts.credentials_secret) is None:
+            raise secrets.MissingSecret(ref.namespace, spec.artifacts.credentials_secret)
+
+
+def load_generated(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec,
+                   known: dict[str, dict[str, Any] | None]) -> GeneratedSecrets:
+    """Read the generated values back, generating only those whose Secret is missing.
+
+    The live Secrets (or None) are recorded in `known` so apply does not fetch them again.
+    """
+    key_name = names.secret_key_secret_name(ref)
+    key_secret = api.get(SECRET, ref.namespace, key_name)
+    known[f"Secret/{key_name}"] = key_secret
+    flask_key = secrets.value_of(key_secret, names.SECRET_KEY_KEY) or secrets.generate_secret_key()
+    password = None
+    if not spec.auth.basic_auth.existing_admin_secret:
+        admin_name = names.admin_secret_name(ref, spec)
+        admin = api.get(SECRET, ref.namespace, admin_name)
+        known[f"Secret/{admin_name}"] = admin
+        password = secrets.value_of(admin, names.ADMIN_PASSWORD_KEY) or secrets.generate_password()
+    return GeneratedSecrets(flask_secret_key=flask_key, admin_password=password)
+
+
+def _split(objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """Everything before the rollout, the Deployment(s), and the migration Job's name."""
+    before = [o for o in objects if o["kind"] != "Deployment"]
+    rollout = [o for o in objects if o["kind"] == "Deployment"]
+    jobs = [o["metadata"]["name"] for o in objects if o["kind"] == "Job"]
+    return before, rollout, (jobs[0] if jobs else None)
+
+
+def _stale(ref: ServerRef, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rendered = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    return [{"apiVersion": api_version, "kind": kind,
+             "metadata": {"name": name_of(ref), "namespace": ref.namespace}}
+            for api_version, kind, name_of in OPTIONAL
+            if (kind, name_of(ref)) not in rendered]
+
+
+def _apply_and_gate(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec, objects: list[dict[str, Any]],
+                    known: dict[str, dict[str, Any] | None]) -> tuple[ApplyResult, st.Migration | None, st.Rollout, list[str]]:
+    before, rollout_objs, job_name = _split(objects)
+    result = apply_all(api, before, known=known)
+    migration = st.Migration.from_job(job_name, result.live.get(f"Job/{job_name}")) if job_name else None
+    if migration is None or migration.state == "Succeeded":
+        result.merge(apply_all(api, rollout_objs))
+        deployment = result.live.get(f"Deployment/{names.deployment_name(ref)}")
+    else:
+        # The rollout waits for the migration; an older Deployment keeps serving meanwhile.
+        deployment = api.get(DEPLOYMENT, ref.namespace, names.deployment_name(ref))
+    deleted = prune(api, _stale(ref, objects), ref.uid)
+    return result, migration, st.Rollout.from_deployment(spec.replicas, deployment), deleted
+
+
+def run(api: KubeApi, body: Mapping[str, Any]) -> Outcome:
+    ref, generation = server_ref(body), int(body["metadata"].get("generation") or 0)
+    previous = body.get("status") or {}
+    try:
+        names.validate_ref(ref)
+        spec = parse_spec(body.get("spec"))
+    except SpecError as exc:
+        return _finish(previous, st.Observation(generation, problem=st.Problem(exc.reason, exc.message)))
+    identity = dict(url=names.external_url(spec) or names.server_url(ref, spec),
+                    audience=names.audience(spec, ref),
+                    admin_secret=names.admin_secret_name(ref, spec) if spec.auth.basic_auth.enabled else None)
+    known: dict[str, dict[str, Any] | None] = {}
+    try:
+        uris = read_store_uris(api, ref, spec)
+        check_user_secrets(api, ref, spec)
+        generated = load_generated(api, ref, spec, known)
+        objects = render_all(ref, spec, generated, uris)
+        result, migration, rollout, deleted = _apply_and_gate(api, ref, spec, objects, known)
+    except secrets.MissingSecret as exc:
+        return _finish(previous, st.Observation(generation, problem=st.Problem(exc.reason, str(exc)), **identity))
+    except SpecError as exc:  # render-time checks (e.g. a URI scheme the server cannot use)
+        return _finish(previous, st.Observation(generation, problem=st.Problem(exc.reason, exc.message), **identity))
+    except ConflictError as exc:
+        return _finish(previous, st.Observation(generation, problem=st.Problem("OwnershipConflict", str(exc)), **identity))
+    problem = None
+    if migration is not None and migration.state == "Failed":
+        problem = st.Problem("MigrationFailed", f"Database migration Job {migration.job} failed;"
+                             " see its pod logs (kubectl logs job/" + migration.job + ")")
+    obs = st.Observation(generation, problem=problem, migration=migration, rollout=rollout, **identity)
+    outcome = _finish(previous, obs)
+    outcome.created, outcome.updated, outcome.deleted = result.created, result.updated, deleted
+    outcome.events[:0] = _apply_events(result, deleted)
+    return outcome
+
+
+def _apply_events(result: ApplyResult, deleted: list[str]) -> list[tuple[str, str, str]]:
+    # One Event per kind of change, listing the objects: readable, and cheap for the API.
+    events = []
+    for reason, items in (("Created", result.created), ("Updated", result.updated), ("Deleted", deleted)):
+        if items:
+            events.append(("Normal", reason, f"{reason} {', '.join(items)}"))
+    return events
+
+
+def _finish(previous: Mapping[str, Any], obs: st.Observation) -> Outcome:
+    new = st.compute(obs, previous)
+    return Outcome(status=new, events=list(st.transitions(previous, new)))
+

@@ -1,0 +1,43 @@
+"""Starting Kopf with our handlers, settings and logging (`mlflow-operator run`)."""
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from mlflow_operator import handlers
+from mlflow_operator.api import KubeApi
+from mlflow_operator.settings import Options, configure
+
+_FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
+
+
+def configure_logging(log_format: str = "json", verbose: bool = False) -> None:
+    kopf.configure(verbose=verbose, log_format=_FORMATS[log_format], log_prefix=False)
+    # urllib3 logs full URLs and, at debug level, headers (the bearer token): keep it quiet.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+
+
+def build(options: Options) -> tuple[kopf.OperatorRegistry, kopf.OperatorSettings, kopf.Memo]:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, options)
+    settings = kopf.OperatorSettings()
+    configure(settings, options)
+    memo = handlers.make_memo(KubeApi.from_environment(pool_size=options.api_pool_size), options)
+    return registry, settings, memo
+
+
+def run(options: Options, *, log_format: str = "json", verbose: bool = False) -> None:
+    configure_logging(log_format, verbose)
+    registry, settings, memo = build(options)
+    kopf.run(
+        registry=registry,
+        settings=settings,
+        memo=memo,
+        standalone=options.standalone or None,
+        peering_name=options.peering,
+        clusterwide=options.clusterwide,
+        namespaces=options.namespaces,
+        liveness_endpoint=options.liveness,
+    )

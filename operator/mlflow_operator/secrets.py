@@ -1,0 +1,61 @@
+"""Reading user Secrets and generating the operator's own secret values.
+
+Values read here go into rendered manifests only; they are never logged, never put in an
+exception message, an Event or the status (errors name the Secret and key, nothing else).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from mlflow_operator.api import RESOURCES, KubeApi
+
+SECRET = RESOURCES[("v1", "Secret")]
+
+
+class MissingSecret(Exception):
+    """A Secret (or a key in it) that the spec refers to does not exist (yet)."""
+
+    def __init__(self, namespace: str, name: str, key: str | None = None):
+        self.namespace, self.name, self.key = namespace, name, key
+        self.reason = "SecretKeyNotFound" if key else "SecretNotFound"
+        what = f"key {key!r} in Secret {name!r}" if key else f"Secret {name!r}"
+        super().__init__(f"{what} not found in namespace {namespace!r}; create it and the"
+                         " server recovers on the next reconcile")
+
+
+def generate_password() -> str:
+    # URL-safe: the password ends up in an ini file and in HTTP Basic credentials.
+    return secrets.token_urlsafe(24)
+
+
+def generate_secret_key() -> str:
+    return secrets.token_hex(32)
+
+
+def value_of(secret: Mapping[str, Any] | None, key: str) -> str | None:
+    """The decoded value of `key`, or None when the Secret or key is absent or unreadable."""
+    if not secret:
+        return None
+    raw = (secret.get("data") or {}).get(key)
+    if raw is not None:
+        try:
+            return base64.b64decode(raw, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    # Objects that never met a real API server (the emulator) may keep stringData.
+    plain = (secret.get("stringData") or {}).get(key)
+    return str(plain) if plain is not None else None
+
+
+def read_key(api: KubeApi, namespace: str, name: str, key: str) -> str:
+    secret = api.get(SECRET, namespace, name)
+    if secret is None:
+        raise MissingSecret(namespace, name)
+    value = value_of(secret, key)
+    if value is None:
+        raise MissingSecret(namespace, name, key)
+    return value

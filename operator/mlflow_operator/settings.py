@@ -1,0 +1,56 @@
+"""Operator options (from the CLI) and the Kopf settings derived from them."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import kopf
+
+PREFIX = "mlflow-operator.dev"
+FINALIZER = f"{PREFIX}/finalizer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = False
+    standalone: bool = False
+    peering: str | None = None
+    liveness: str | None = None
+    # How often every MLflowServer is reconciled even without a change (drift repair).
+    resync_seconds: float = 60.0
+    # Watch requests are re-opened this often, so a silently dropped connection heals.
+    watch_timeout_seconds: int = 300
+    worker_limit: int = 20
+    api_pool_size: int = 16
+    event_level: int = logging.WARNING
+
+    @property
+    def clusterwide(self) -> bool:
+        return self.all_namespaces or not self.namespaces
+
+
+def configure(settings: kopf.OperatorSettings, options: Options) -> None:
+    # Kopf's own log lines become Events only from WARNING up; the handlers post their own
+    # Normal Events for important steps, so "Handler succeeded" noise stays out of kubectl.
+    settings.posting.level = options.event_level
+    settings.posting.reporting_component = "mlflow-operator"
+    settings.posting.event_name_prefix = "mlflow-operator-"
+    settings.watching.server_timeout = options.watch_timeout_seconds
+    settings.watching.client_timeout = options.watch_timeout_seconds + 30
+    settings.watching.connect_timeout = 10
+    # Bounded concurrency: one worker per object at a time, at most this many objects.
+    settings.queueing.worker_limit = options.worker_limit
+    settings.execution.max_workers = options.worker_limit
+    settings.networking.request_timeout = 60
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    # Namespaced operators must not list namespaces (they may not be allowed to).
+    settings.scanning.disabled = not options.clusterwide
+    settings.peering.standalone = options.standalone
+    settings.peering.clusterwide = options.clusterwide
+    if options.peering:
+        settings.peering.name = options.peering
+        settings.peering.mandatory = True
