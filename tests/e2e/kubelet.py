@@ -397,19 +397,8 @@ class Kubelet:
         return path
 
     def _write_kubeconfig(self, namespace: str, sa_name: str, pod_dir: Path) -> Path:
-        import yaml
-
-        token = self.mint_token(namespace, sa_name, [], 3600)
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "emulator", "cluster": {"server": self.api_server}}],
-            "users": [{"name": sa_name, "user": {"token": token}}],
-            "contexts": [{"name": "pod", "context": {"cluster": "emulator", "user": sa_name, "namespace": namespace}}],
-            "current-context": "pod",
-        }
         path = pod_dir / "kubeconfig"
-        _write(path, yaml.safe_dump(config), 0o600)
+        write_kubeconfig(path, self.api_server, self.mint_token(namespace, sa_name, [], 3600), namespace)
         return path
 
     @staticmethod
@@ -447,6 +436,21 @@ class Kubelet:
                         file.chmod(0o600)
                         file.write_text(remapped)
                         file.chmod(mode & 0o777)
+
+
+def write_kubeconfig(path: Path, server: str, token: str, namespace: str) -> None:
+    """A kubeconfig for one identity against the emulator (rule 3)."""
+    import yaml
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "pod", "user": {"token": token}}],
+        "contexts": [{"name": "pod", "context": {"cluster": "emulator", "user": "pod", "namespace": namespace}}],
+        "current-context": "pod",
+    }
+    _write(path, yaml.safe_dump(config), 0o600)
 
 
 def _write(path: Path, content: str, mode: int) -> None:
