@@ -40,6 +40,14 @@ def build_api(kubeconfig: str | None) -> k8s.AuthenticationV1Api:
     return k8s.AuthenticationV1Api(k8s.ApiClient(configuration))
 
 
+def _failure_kind(exc: BaseException) -> str:
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        return "timeout"
+    return "connection"
+
+
 class TokenReviewer:
     def __init__(
         self,
@@ -80,8 +88,8 @@ class TokenReviewer:
             _logger.warning("TokenReview failed with HTTP %s", exc.status)
             return Unavailable(f"http_{exc.status}")
         except (urllib3.exceptions.HTTPError, OSError, OpenApiException) as exc:
-            _logger.warning("TokenReview failed: %s", type(exc).__name__)
-            kind = "timeout" if "timeout" in type(exc).__name__.lower() else "connection"
+            kind = _failure_kind(exc)
+            _logger.warning("TokenReview failed: %s", kind)
             return Unavailable(kind)
         except Exception as exc:  # kubeconfig/auth plugin errors: still a 503, not a 500
             _logger.warning("TokenReview could not be sent: %s", type(exc).__name__)

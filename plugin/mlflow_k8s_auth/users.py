@@ -13,28 +13,21 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
+from .namespace_roles import (
+    CONFIG_MARKER,
+    ROLE_PREFIX,
+    ROLE_RESOURCE_TYPES,
+    ROLE_WORKSPACE,
+    description,
+    grantable,
+    role_name,
+)
 from .policy import Grant
 
 if TYPE_CHECKING:
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
 _logger = logging.getLogger(__name__)
-
-ROLE_PREFIX = "k8s-namespace-"
-# Roles live in MLflow's default workspace, where grants resolve when workspaces are off.
-ROLE_WORKSPACE = "default"
-# Top-level resource types a namespace permission applies to.
-ROLE_RESOURCE_TYPES = ("experiment", "registered_model", "prompt")
-
-
-def role_name(namespace: str) -> str:
-    return f"{ROLE_PREFIX}{namespace}"
-
-
-def _grantable(permission: str) -> str:
-    # MLflow has no NO_PERMISSIONS grant on resources; DENY is its explicit "no access".
-    return "DENY" if permission == "NO_PERMISSIONS" else permission
-
 
 def _is_duplicate(exc: Exception) -> bool:
     from mlflow.exceptions import MlflowException
@@ -78,20 +71,29 @@ class UserProvisioner:
         return self._store.get_user(grant.username)
 
     def _sync_roles(self, user_id: int, grant: Grant) -> None:
-        wanted = role_name(grant.namespace) if grant.namespace_permission else None
-        current = {r.name: r for r in self._store.list_user_roles(user_id) if r.name.startswith(ROLE_PREFIX)}
-        for name, role in current.items():
-            if name != wanted:
-                self._ignore_missing(lambda: self._store.unassign_role_from_user(user_id, role.id))
-        if wanted is None:
-            return
-        role_id = self._ensure_role(grant.namespace, grant.namespace_permission or "READ")
-        if wanted not in current:
+        wanted = self._namespace_role_id(grant)
+        current = {r.id for r in self._store.list_user_roles(user_id) if r.name.startswith(ROLE_PREFIX)}
+        for role_id in current - {wanted}:
+            self._ignore_missing(lambda: self._store.unassign_role_from_user(user_id, role_id))
+        if wanted is not None and wanted not in current:
             try:
-                self._store.assign_role_to_user(user_id, role_id)
+                self._store.assign_role_to_user(user_id, wanted)
             except Exception as exc:
                 if not _is_duplicate(exc):
                     raise
+
+    def _namespace_role_id(self, grant: Grant) -> int | None:
+        """The config's role for the namespace, else one an admin made with the client."""
+        if grant.namespace_permission:
+            return self._ensure_role(grant.namespace, grant.namespace_permission)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            role = self._store.get_role_by_name(ROLE_WORKSPACE, role_name(grant.namespace))
+        except MlflowException:
+            return None
+        # A config-made role whose namespace left the config no longer grants anything.
+        return None if CONFIG_MARKER in (role.description or "") else role.id
 
     def _ensure_role(self, namespace: str, permission: str) -> int:
         key = (namespace, permission)
@@ -99,7 +101,7 @@ class UserProvisioner:
             if key in self._role_ids:
                 return self._role_ids[key]
         role = self._get_or_create_role(namespace)
-        self._sync_role_permissions(role.id, _grantable(permission))
+        self._sync_role_permissions(role.id, grantable(permission))
         with self._lock:
             self._role_ids[key] = role.id
         return role.id
@@ -107,9 +109,7 @@ class UserProvisioner:
     def _get_or_create_role(self, namespace: str) -> Any:
         name = role_name(namespace)
         try:
-            return self._store.create_role(
-                name, ROLE_WORKSPACE, description=f"ServiceAccounts of Kubernetes namespace {namespace}"
-            )
+            return self._store.create_role(name, ROLE_WORKSPACE, description=description(namespace, CONFIG_MARKER))
         except Exception as exc:
             if not _is_duplicate(exc):
                 raise

@@ -1,0 +1,55 @@
+"""Job side: `MLFLOW_TRACKING_AUTH=k8s-token` sends the pod's ServiceAccount token.
+
+The token file is read on every request, so a token the kubelet rotates is picked up with
+no restart and no cache to go stale.
+"""
+
+from __future__ import annotations
+
+import os
+
+import requests
+from mlflow.exceptions import MlflowException
+from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
+
+TOKEN_PATH_ENV = "MLFLOW_K8S_TOKEN_PATH"
+DEFAULT_TOKEN_PATH = "/var/run/secrets/mlflow/serviceaccount/token"
+_MAX_TOKEN_BYTES = 16 * 1024
+
+
+def token_path() -> str:
+    return os.environ.get(TOKEN_PATH_ENV) or DEFAULT_TOKEN_PATH
+
+
+def read_token(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(_MAX_TOKEN_BYTES + 1)
+    except FileNotFoundError:
+        raise MlflowException(
+            f"k8s-token auth: no ServiceAccount token at {path}. Mount a projected token there "
+            f"(audience of the MLflow server) or set {TOKEN_PATH_ENV} to its path."
+        ) from None
+    except OSError as exc:
+        raise MlflowException(f"k8s-token auth: cannot read the token file {path}: {exc.strerror}") from None
+    token = raw.decode("ascii", errors="replace").strip()
+    if not token or len(raw) > _MAX_TOKEN_BYTES or "\ufffd" in token:
+        raise MlflowException(f"k8s-token auth: the token file {path} does not hold a token")
+    return token
+
+
+class ServiceAccountTokenAuth(requests.auth.AuthBase):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {read_token(self.path)}"
+        return request
+
+
+class K8sTokenAuthProvider(RequestAuthProvider):
+    def get_name(self) -> str:
+        return "k8s-token"
+
+    def get_auth(self) -> ServiceAccountTokenAuth:
+        return ServiceAccountTokenAuth(token_path())
