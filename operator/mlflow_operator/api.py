@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -110,7 +111,9 @@ class KubeApi:
         try:
             kubernetes.config.load_incluster_config(client_configuration=config)
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=config)
+            # Read KUBECONFIG now: the client library reads it once, at import time.
+            kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                               client_configuration=config)
         config.connection_pool_maxsize = pool_size
         return cls(kubernetes.client.ApiClient(configuration=config))
 

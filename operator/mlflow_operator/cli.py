@@ -27,7 +27,11 @@ def _run(args: argparse.Namespace) -> int:
         watch_timeout_seconds=args.watch_timeout,
         worker_limit=args.worker_limit,
     )
-    runner.run(options, log_format=args.log_format, verbose=args.verbose)
+    try:
+        runner.run(options, log_format=args.log_format, verbose=args.verbose)
+    except runner.NoCredentials as exc:
+        print(f"mlflow-operator run: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 import kopf
+import kubernetes.config
 
 from mlflow_operator import handlers
 from mlflow_operator.api import KubeApi
@@ -19,12 +20,20 @@ def configure_logging(log_format: str = "json", verbose: bool = False) -> None:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
 
 
+class NoCredentials(Exception):
+    """Neither in-cluster credentials nor a usable kubeconfig were found."""
+
+
 def build(options: Options) -> tuple[kopf.OperatorRegistry, kopf.OperatorSettings, kopf.Memo]:
     registry = kopf.OperatorRegistry()
     handlers.register(registry, options)
     settings = kopf.OperatorSettings()
     configure(settings, options)
-    memo = handlers.make_memo(KubeApi.from_environment(pool_size=options.api_pool_size), options)
+    try:
+        api = KubeApi.from_environment(pool_size=options.api_pool_size)
+    except kubernetes.config.ConfigException as exc:
+        raise NoCredentials(f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({exc})") from None
+    memo = handlers.make_memo(api, options)
     return registry, settings, memo
 
 

@@ -1,0 +1,46 @@
+"""The comparison that keeps steady state write-free: a reconcile of an unchanged object
+must not patch it, even though the API server added defaults to it."""
+from __future__ import annotations
+
+import base64
+
+from mlflow_operator.apply import is_create_only, is_subset, normalize
+
+
+def test_server_defaults_do_not_count_as_drift():
+    want = {"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "mlflow", "image": "a"}]}}}}
+    live = {"spec": {"replicas": 1, "revisionHistoryLimit": 10,
+                     "template": {"spec": {"dnsPolicy": "ClusterFirst",
+                                           "containers": [{"name": "mlflow", "image": "a",
+                                                           "terminationMessagePath": "/dev/termination-log"}]}}}}
+    assert is_subset(want, live)
+
+
+def test_edits_and_removals_count_as_drift():
+    want = {"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "mlflow", "image": "a"}]}}}}
+    assert not is_subset(want, {"spec": {"replicas": 3, "template": want["spec"]["template"]}})
+    assert not is_subset(want, {"spec": {"replicas": 1}})
+    two = {"spec": {"replicas": 1, "template": {"spec": {"containers": [
+        {"name": "mlflow", "image": "a"}, {"name": "sidecar", "image": "b"}]}}}}
+    assert not is_subset(want, two)  # a merge patch replaces lists whole: so must we compare
+    assert not is_subset({"a": True}, {"a": 1})
+    assert not is_subset({"a": "1"}, {"a": None})
+
+
+def test_numbers_and_quantities_compare_by_value():
+    assert is_subset({"port": 5000}, {"port": 5000})
+    assert is_subset({"cpu": 1}, {"cpu": "1"})
+    assert is_subset({"ratio": 1}, {"ratio": 1.0})
+
+
+def test_secret_string_data_is_compared_in_stored_form():
+    manifest = {"kind": "Secret", "metadata": {"name": "s"}, "stringData": {"password": "p@ss"}}
+    stored = normalize(manifest)
+    assert "stringData" not in stored
+    assert stored["data"] == {"password": base64.b64encode(b"p@ss").decode()}
+    assert manifest["stringData"] == {"password": "p@ss"}  # the caller's manifest is untouched
+
+
+def test_create_only_annotation():
+    assert is_create_only({"metadata": {"annotations": {"mlflow-operator.dev/apply-policy": "create-only"}}})
+    assert not is_create_only({"metadata": {}})
