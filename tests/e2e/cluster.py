@@ -160,8 +160,8 @@ class LocalCluster:
         template = job["spec"]["template"]
         pod_name = f"{name}-{secrets.token_hex(3)}"
         started = _now()
-        prepared = self.kubelet.prepare(pod_name, namespace, template["spec"], template.get("metadata"))
-        code, log = kubelet.run_to_completion(prepared, self.root / "logs" / f"{namespace}.{pod_name}.log", timeout)
+        plan = self.kubelet.prepare(pod_name, namespace, template["spec"], template.get("metadata"))
+        code, log = kubelet.run_pod(plan, self.root / "logs", timeout)
         kind = "Complete" if code == 0 else "Failed"
         status: dict[str, Any] = {
             "startTime": started,
@@ -199,8 +199,8 @@ class LocalCluster:
             current.running.stop()
             del self.pods[(namespace, name)]
         pod_name = f"{name}-{revision}-{secrets.token_hex(3)}"
-        prepared = self.kubelet.prepare(pod_name, namespace, template["spec"], template.get("metadata"))
-        running = kubelet.start(prepared, self.root / "logs" / f"{namespace}.{pod_name}.log")
+        plan = self.kubelet.prepare(pod_name, namespace, template["spec"], template.get("metadata"))
+        running = kubelet.start_pod(plan, self.root / "logs", timeout)
         try:
             kubelet.wait_ready(running, timeout)
         except BaseException:

@@ -75,6 +75,7 @@ class Prepared:
     """A container ready to exec: everything already resolved and remapped."""
 
     pod: str
+    container: str
     namespace: str
     argv: list[str]
     env: dict[str, str]
@@ -88,6 +89,17 @@ class Prepared:
     def local_port(self, port: int | str) -> int:
         container_port = self.named_ports[port] if isinstance(port, str) else port
         return self.ports[container_port]
+
+
+@dataclass
+class PodPlan:
+    """A pod ready to run: init containers run to completion first, in order."""
+
+    name: str
+    namespace: str
+    pod_dir: Path
+    init: list[Prepared]
+    main: list[Prepared]
 
 
 def free_port() -> int:
@@ -170,28 +182,50 @@ class Kubelet:
         namespace: str,
         pod_spec: Mapping[str, Any],
         metadata: Mapping[str, Any] | None = None,
-        container: str | None = None,
-    ) -> Prepared:
-        """Resolve one container of ``pod_spec`` into argv/env/cwd with volumes on disk."""
+    ) -> PodPlan:
+        """Materialise the pod's volumes once; resolve every container into argv/env/cwd."""
         metadata = {"name": pod_name, "namespace": namespace, **(metadata or {})}
         pod_dir = self.root / "pods" / namespace / pod_name
         if pod_dir.exists():
             shutil.rmtree(pod_dir)  # a new pod starts from fresh ephemeral volumes
         pod_dir.mkdir(parents=True)
-        ctr = self._pick_container(pod_spec, container)
         sa_name = pod_spec.get("serviceAccountName") or "default"
         volumes = {
             v["name"]: self._materialise_volume(v, namespace, sa_name, metadata, pod_dir)
             for v in pod_spec.get("volumes", [])
         }
-        mounts = self._mount(ctr, volumes, pod_dir)
-        if pod_spec.get("automountServiceAccountToken", True) and not any(
-            m == SA_DIR for m, _ in mounts
-        ):
-            mounts.append((SA_DIR, self._default_sa_dir(namespace, sa_name, pod_dir)))
+        if pod_spec.get("automountServiceAccountToken", True):
+            volumes.setdefault("kube-api-access", self._default_sa_dir(namespace, sa_name, pod_dir))
         kubeconfig = self._write_kubeconfig(namespace, sa_name, pod_dir)
-        self._remap_file_contents(volumes, mounts)
+        home = pod_dir / "home"  # the image's home directory
+        home.mkdir()
+        containers = [*pod_spec.get("initContainers", []), *pod_spec.get("containers", [])]
+        if not pod_spec.get("containers"):
+            raise PodError("pod spec has no containers")
+        all_mounts: list[tuple[str, Path]] = []
+        prepared = []
+        for ctr in containers:
+            mounts = self._mount(ctr, volumes, pod_dir / "rootfs" / ctr["name"])
+            if "kube-api-access" in volumes and not any(m == SA_DIR for m, _ in mounts):
+                mounts.append((SA_DIR, volumes["kube-api-access"]))
+            all_mounts += mounts
+            prepared.append(self._container(ctr, pod_name, namespace, metadata, pod_spec, mounts, kubeconfig, home, pod_dir))
+        self._remap_file_contents(volumes, all_mounts)
+        n_init = len(pod_spec.get("initContainers", []))
+        return PodPlan(pod_name, namespace, pod_dir, prepared[:n_init], prepared[n_init:])
 
+    def _container(
+        self,
+        ctr: Mapping[str, Any],
+        pod_name: str,
+        namespace: str,
+        metadata: Mapping[str, Any],
+        pod_spec: Mapping[str, Any],
+        mounts: list[tuple[str, Path]],
+        kubeconfig: Path,
+        home: Path,
+        pod_dir: Path,
+    ) -> Prepared:
         ports = {p["containerPort"]: free_port() for p in ctr.get("ports", [])}
         named = {p["name"]: p["containerPort"] for p in ctr.get("ports", []) if p.get("name")}
         env = self._resolve_env(ctr, namespace, metadata, pod_spec, mounts)
@@ -199,8 +233,6 @@ class Kubelet:
         if not argv:
             raise PodError(f"container {ctr['name']!r}: no command; image entrypoints are not known here")
         argv = remap_ports([remap_paths(a, mounts) for a in argv], ports)
-        home = pod_dir / "home"
-        home.mkdir()
         base = {
             "PATH": f"{self.bin_dir}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
             "HOME": str(home),
@@ -215,6 +247,7 @@ class Kubelet:
         cwd = Path(remap_paths(ctr["workingDir"], mounts)) if ctr.get("workingDir") else home
         return Prepared(
             pod=pod_name,
+            container=ctr["name"],
             namespace=namespace,
             argv=argv,
             env={**base, **env},
@@ -225,16 +258,6 @@ class Kubelet:
             pod_dir=pod_dir,
             mounts=mounts,
         )
-
-    @staticmethod
-    def _pick_container(pod_spec: Mapping[str, Any], name: str | None) -> dict[str, Any]:
-        containers = pod_spec.get("containers", [])
-        if pod_spec.get("initContainers"):
-            raise PodError("initContainers are not supported by this harness")
-        for ctr in containers:
-            if name is None or ctr["name"] == name:
-                return dict(ctr)
-        raise PodError(f"no container {name!r} in pod spec")
 
     def _read(self, kind: str, namespace: str, name: str, optional: bool) -> dict[str, str]:
         """Decoded data of a Secret/ConfigMap (text only; binaryData decoded to text too)."""
@@ -402,7 +425,7 @@ class Kubelet:
         return path
 
     @staticmethod
-    def _mount(ctr: Mapping[str, Any], volumes: Mapping[str, Path], pod_dir: Path) -> list[tuple[str, Path]]:
+    def _mount(ctr: Mapping[str, Any], volumes: Mapping[str, Path], rootfs: Path) -> list[tuple[str, Path]]:
         mounts: list[tuple[str, Path]] = []
         for mount in ctr.get("volumeMounts", []):
             if mount["name"] not in volumes:
@@ -412,7 +435,7 @@ class Kubelet:
                 source = source / sub
                 if not source.exists() and source.parent == volumes[mount["name"]]:
                     source.mkdir(parents=True)  # the kubelet creates a missing subPath dir
-            link = pod_dir / "rootfs" / mount["mountPath"].lstrip("/")
+            link = rootfs / mount["mountPath"].lstrip("/")
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(source)
             mounts.append((mount["mountPath"], link))
@@ -510,6 +533,10 @@ def start(prepared: Prepared, log_path: Path) -> Running:
     return Running(prepared, proc, log_path)
 
 
+def _log_path(logs: Path, prepared: Prepared) -> Path:
+    return logs / f"{prepared.namespace}.{prepared.pod}.{prepared.container}.log"
+
+
 def run_to_completion(prepared: Prepared, log_path: Path, timeout: float) -> tuple[int, str]:
     running = start(prepared, log_path)
     try:
@@ -519,6 +546,35 @@ def run_to_completion(prepared: Prepared, log_path: Path, timeout: float) -> tup
         raise PodError(f"pod {prepared.pod} did not finish within {timeout:.0f}s:\n{running.log()[-4000:]}")
     running.stop()
     return code, running.log()
+
+
+def run_init(plan: PodPlan, logs: Path, timeout: float) -> tuple[int, str]:
+    """Run init containers in order; stop at the first failure (exit code, its log)."""
+    for prepared in plan.init:
+        code, log = run_to_completion(prepared, _log_path(logs, prepared), timeout)
+        if code != 0:
+            return code, log
+    return 0, ""
+
+
+def run_pod(plan: PodPlan, logs: Path, timeout: float) -> tuple[int, str]:
+    """A Job's pod: init containers, then the (single) main container to completion."""
+    code, log = run_init(plan, logs, timeout)
+    if code != 0:
+        return code, log
+    if len(plan.main) != 1:
+        raise PodError("only single-container Job pods are supported")
+    return run_to_completion(plan.main[0], _log_path(logs, plan.main[0]), timeout)
+
+
+def start_pod(plan: PodPlan, logs: Path, timeout: float) -> Running:
+    """A Deployment's pod: init containers, then start the (single) main container."""
+    code, log = run_init(plan, logs, timeout)
+    if code != 0:
+        raise PodError(f"init container of pod {plan.name} failed with {code}:\n{log[-4000:]}")
+    if len(plan.main) != 1:
+        raise PodError("only single-container server pods are supported")
+    return start(plan.main[0], _log_path(logs, plan.main[0]))
 
 
 def wait_ready(running: Running, timeout: float) -> None:
