@@ -168,6 +168,7 @@ class Auth(_Model):
     admin_service_accounts: list[str] = Field(default_factory=list, max_length=256)
     namespace_permissions: list[str] = Field(default_factory=list, max_length=256)
     default_permission: Permission = "READ"
+    admin_username: str = Field(default="admin", min_length=1, max_length=128, pattern=r"^[^\s:]+$")
     basic_auth: BasicAuth = Field(default_factory=BasicAuth)
     auth_database: AuthDatabase | None = None
     token_cache_ttl_seconds: int = Field(
@@ -254,7 +255,8 @@ class Ingress(_Model):
 class Storage(_Model):
     size: str = Field(default="10Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
     storage_class_name: str | None = None
-    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
+    # No ReadWriteOncePod: the migration Job must mount the volume while a server pod runs.
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = "ReadWriteOnce"
 
 
 class NetworkPolicy(_Model):

@@ -1,0 +1,51 @@
+"""The server's identity: a ServiceAccount allowed to create TokenReviews."""
+
+from __future__ import annotations
+
+from mlflow_operator import names
+from mlflow_operator.model import MLflowServerSpec, ServerRef
+from mlflow_operator.render.common import Manifest, metadata
+
+# Built-in ClusterRole granting create on tokenreviews and subjectaccessreviews: the
+# least privilege that lets the server verify tokens.
+AUTH_DELEGATOR = "system:auth-delegator"
+
+
+def render_service_account(ref: ServerRef, spec: MLflowServerSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(
+            ref,
+            names.service_account_name(ref),
+            "server",
+            annotations=spec.service_account_annotations or None,
+        ),
+        # Only the server pod mounts a token (it opts in); nothing else using this
+        # account gets one by accident.
+        "automountServiceAccountToken": False,
+    }
+
+
+def render_cluster_role_binding(ref: ServerRef) -> Manifest:
+    """Cluster-scoped, so no ownerReference: labels name the owner, a finalizer cleans it."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {
+            "name": names.cluster_role_binding_name(ref),
+            "labels": names.owner_labels(ref),
+        },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": AUTH_DELEGATOR,
+        },
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": names.service_account_name(ref),
+                "namespace": ref.namespace,
+            }
+        ],
+    }
