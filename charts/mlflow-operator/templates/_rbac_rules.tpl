@@ -1,0 +1,78 @@
+{{/*
+RBAC rules of the operator, in two groups:
+
+* "namespacedRules": what the operator does inside the namespaces it watches. Granted by a
+  ClusterRole when it watches every namespace, or by one Role per namespace listed in
+  watchNamespaces.
+* "clusterRules": cluster-scoped objects; always a ClusterRole.
+
+Every verb is justified by a call the operator (our code or Kopf) makes;
+tests/chart/test_rbac.py compares these rules with the calls recorded while the operator
+reconciles MLflowServers against the API emulator, so a rule that is missing or unused
+fails CI.
+*/}}
+
+{{- define "mlflow-operator.namespacedRules" -}}
+# MLflowServer: Kopf lists and watches them (every reconcile starts from a watch event),
+# patches them to add/remove its finalizer and keep its progress annotations, and the
+# operator reads the parent back (get) when one of its children changes.
+- apiGroups: ["mlflow-operator.dev"]
+  resources: ["mlflowservers"]
+  verbs: ["get", "list", "watch", "patch"]
+# MLflowServer status: conditions, phase, url, audience and adminSecret are written
+# through the status subresource.
+- apiGroups: ["mlflow-operator.dev"]
+  resources: ["mlflowservers/status"]
+  verbs: ["patch"]
+# Children the operator renders and keeps in line (create when missing, merge-patch on
+# drift, delete when a feature is switched off). It watches them too (label
+# app.kubernetes.io/managed-by=mlflow-operator) so a finished migration Job, a ready
+# Deployment or a deleted child triggers a reconcile without waiting for the resync timer.
+# Secrets: the generated admin/Flask secrets and the server's ini; the operator also reads
+# user-supplied Secrets (database URI, artifact credentials) to check that they exist.
+- apiGroups: [""]
+  resources: ["secrets", "serviceaccounts", "services", "persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Deployment of the MLflow server and the migration Job gating it.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Optional children (spec.ingress, spec.networkPolicy, spec.podDisruptionBudget): created,
+# patched on drift and deleted when switched off; not watched (the resync timer repairs them).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses", "networkpolicies"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch", "delete"]
+# Events on MLflowServers (Created, MigrationFailed, ...): posted by Kopf and the handlers.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{- define "mlflow-operator.clusterRules" -}}
+# One ClusterRoleBinding per MLflowServer binds the server's ServiceAccount to
+# system:auth-delegator, so the server may create TokenReviews. Cluster-scoped objects
+# cannot have a namespaced owner, so the operator also deletes it (finalizer).
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterrolebindings"]
+  verbs: ["get", "create", "patch", "delete"]
+# Creating that binding needs "bind" on the role it references (Kubernetes' RBAC
+# escalation check). Only this one ClusterRole: the operator cannot grant anything else,
+# and it does not hold TokenReview permissions itself.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterroles"]
+  verbs: ["bind"]
+  resourceNames: ["system:auth-delegator"]
+{{- if not .Values.watchNamespaces }}
+# Cluster-wide mode only: Kopf watches CustomResourceDefinitions to notice when the
+# MLflowServer CRD is installed, upgraded or removed while it runs.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- end }}
