@@ -1,0 +1,166 @@
+"""Synchronous, thread-safe helpers of the ``kube`` fixture (mixed into KubeEmulator).
+
+Every helper runs on the emulator's own event loop (the server thread), so
+it is safe from sync tests, async tests (any loop) and fixture code alike,
+and it triggers the same watch events as an HTTP call would. Errors are
+``tests.support.kubeproto.ApiError`` (``.code``, ``.reason``, ``.message``).
+
+Resources are named ``'v1/pods'``, ``'apps/v1/deployments'``,
+``'mlflow-operator.dev/v1alpha1/mlflowservers'`` (or a ``kmock.resource``);
+cluster-scoped objects take ``namespace=None``.
+
+    kube.url                                   # http://127.0.0.1:<port>
+    kube.write_kubeconfig(tmp_path / 'kc')     # for kubernetes client, Kopf, kubectl
+    kube.create_namespace('jobs')
+    uid = kube.create_service_account('jobs', 'trainer')
+    token = kube.token_for('jobs', 'trainer', ['mlflow'])   # valid for TokenReview
+    kube.delete_service_account('jobs', 'trainer')          # its tokens now fail review
+    kube.create('v1/configmaps', {'metadata': {'name': 'c'}}, namespace='jobs')
+    kube.get('v1/configmaps', 'jobs', 'c')                  # dict, or None when absent
+    kube.patch('apps/v1/deployments', 'ns', 'd', {...}, subresource='status')
+    kube.list('v1/configmaps', 'jobs', labels='app=x')      # list of dicts
+    kube.delete('v1/configmaps', 'jobs', 'c')
+    kube.mark_deployment_available('ns', 'd')  # no controllers: tests play them
+    kube.mark_job_finished('ns', 'migrate', succeeded=True)
+    kube.tokenreview.count / .callers / .delay / .fail_status / .disconnect / .reset()
+    kube.trim_requests()                       # long tests: forget kmock's request log
+    kube.dead_url()                            # a URL where nothing listens (refused)
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import kmock
+import yaml
+
+from tests.support import tokens
+
+if TYPE_CHECKING:
+    from tests.support.kube import KubeEmulator
+
+T = TypeVar('T')
+ResourceRef = str | kmock.resource
+
+ADMIN_TOKEN = 'emulator-admin-token'  # any non-empty bearer is accepted
+
+
+class KubeHelpers:
+
+    def _sync(self: KubeEmulator, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._loop is None:
+            raise RuntimeError('the emulator is not running: call start() first')
+        if threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
+
+        async def call() -> T:
+            return fn(*args, **kwargs)
+        result = asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=30)
+        return copy.deepcopy(result)  # never hand out the stored dicts
+
+    def create(self: KubeEmulator, resource: ResourceRef, body: dict[str, Any],
+               namespace: str | None = None) -> dict[str, Any]:
+        ns = namespace or (body.get('metadata') or {}).get('namespace')
+        return self._sync(self.op_create, kmock.resource(resource), ns, body)
+
+    def get(self: KubeEmulator, resource: ResourceRef, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self._sync(self._live, kmock.resource(resource), namespace, name)
+
+    def list(self: KubeEmulator, resource: ResourceRef, namespace: str | None = None,
+             labels: str | None = None) -> list[dict[str, Any]]:
+        return self._sync(self.op_list, kmock.resource(resource), namespace, labels)['items']
+
+    def patch(self: KubeEmulator, resource: ResourceRef, namespace: str | None, name: str,
+              patch: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
+        return self._sync(self.op_patch, kmock.resource(resource), namespace, name, patch,
+                          'application/merge-patch+json', subresource)[1]
+
+    def delete(self: KubeEmulator, resource: ResourceRef, namespace: str | None, name: str) -> dict[str, Any]:
+        return self._sync(self.op_delete, kmock.resource(resource), namespace, name)
+
+    def create_namespace(self: KubeEmulator, namespace: str) -> dict[str, Any]:
+        """Create a Namespace (idempotent: returns the existing one)."""
+        return self.get('v1/namespaces', None, namespace) or self.create(
+            'v1/namespaces', {'metadata': {'name': namespace}})
+
+    def create_service_account(self: KubeEmulator, namespace: str, name: str) -> str:
+        """Create a ServiceAccount; returns its uid (the tokens' `serviceaccount.uid`)."""
+        sa = self.create('v1/serviceaccounts', {'metadata': {'name': name}}, namespace=namespace)
+        return sa['metadata']['uid']
+
+    def delete_service_account(self: KubeEmulator, namespace: str, name: str) -> None:
+        self.delete('v1/serviceaccounts', namespace, name)
+
+    def token_for(self: KubeEmulator, namespace: str, name: str, audiences: Sequence[str], **kw: Any) -> str:
+        """A token of this ServiceAccount (its current uid unless `uid=` is given).
+
+        Keyword arguments as ``tests.support.tokens.mint_token``. For a missing
+        ServiceAccount the token carries a random uid (and fails review).
+        """
+        if kw.get('uid') is None:
+            sa = self.get('v1/serviceaccounts', namespace, name)
+            kw['uid'] = sa['metadata']['uid'] if sa else None
+        return tokens.mint_token(namespace, name, audiences, **kw)
+
+    def mark_deployment_available(self: KubeEmulator, namespace: str, name: str) -> dict[str, Any]:
+        """Play the Deployment controller: all replicas ready, Available=True."""
+        deployment = self.get('apps/v1/deployments', namespace, name)
+        if deployment is None:
+            raise LookupError(f'no Deployment {namespace}/{name}')
+        replicas = (deployment.get('spec') or {}).get('replicas', 1)
+        now = deployment['metadata']['creationTimestamp']
+        status = {
+            'observedGeneration': deployment['metadata'].get('generation', 1),
+            'replicas': replicas, 'updatedReplicas': replicas, 'readyReplicas': replicas,
+            'availableReplicas': replicas,
+            'conditions': [
+                {'type': 'Available', 'status': 'True', 'reason': 'MinimumReplicasAvailable',
+                 'lastUpdateTime': now, 'lastTransitionTime': now},
+                {'type': 'Progressing', 'status': 'True', 'reason': 'NewReplicaSetAvailable',
+                 'lastUpdateTime': now, 'lastTransitionTime': now},
+            ],
+        }
+        return self.patch('apps/v1/deployments', namespace, name, {'status': status}, subresource='status')
+
+    def mark_job_finished(self: KubeEmulator, namespace: str, name: str, *, succeeded: bool = True) -> dict[str, Any]:
+        """Play the Job controller: Complete (or Failed) with one pod."""
+        job = self.get('batch/v1/jobs', namespace, name)
+        if job is None:
+            raise LookupError(f'no Job {namespace}/{name}')
+        now = job['metadata']['creationTimestamp']
+        kind = 'Complete' if succeeded else 'Failed'
+        status = {'succeeded' if succeeded else 'failed': 1, 'startTime': now,
+                  'conditions': [{'type': kind, 'status': 'True', 'lastProbeTime': now,
+                                  'lastTransitionTime': now}]}
+        if succeeded:
+            status['completionTime'] = now
+        return self.patch('batch/v1/jobs', namespace, name, {'status': status}, subresource='status')
+
+    def write_kubeconfig(self: KubeEmulator, path: str | os.PathLike[str], *, token: str = ADMIN_TOKEN,
+                         namespace: str = 'default', server: str | None = None) -> Path:
+        """A kubeconfig (plain http, bearer token) for the client, Kopf and kubectl."""
+        config = {
+            'apiVersion': 'v1', 'kind': 'Config', 'current-context': 'emulator', 'preferences': {},
+            'clusters': [{'name': 'emulator', 'cluster': {'server': server or self.url}}],
+            'users': [{'name': 'emulator-user', 'user': {'token': token}}],
+            'contexts': [{'name': 'emulator', 'context': {
+                'cluster': 'emulator', 'user': 'emulator-user', 'namespace': namespace}}],
+        }
+        target = Path(path)
+        target.write_text(yaml.safe_dump(config, sort_keys=False))
+        target.chmod(0o600)
+        return target
+
+    @staticmethod
+    def dead_url() -> str:
+        """An http URL on 127.0.0.1 where nothing listens (connection refused)."""
+        with socket.socket() as sock:
+            sock.bind(('127.0.0.1', 0))
+            port = sock.getsockname()[1]
+        return f'http://127.0.0.1:{port}'

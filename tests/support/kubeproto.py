@@ -1,0 +1,243 @@
+"""Pure pieces of the Kubernetes API protocol used by the emulator (no I/O).
+
+URL parsing, API errors (`Status` objects), RFC 7386 merge patch, a
+strategic-merge-patch approximation, and label/field selectors. Kept apart
+from ``tests.support.kube`` so that module holds only server behaviour.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ApiPath:
+    group: str
+    version: str
+    plural: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    subresource: str | None = None
+
+
+# Namespace subresources: /api/v1/namespaces/<name>/<sub> is not a collection.
+_NAMESPACE_SUBRESOURCES = {'status', 'finalize'}
+
+
+def parse_path(path: str) -> ApiPath | None:
+    """Split an API path; None for non-resource paths (discovery, /version).
+
+    Unlike kmock 0.8's parser this handles ``/api/v1/namespaces`` and
+    ``/api/v1/namespaces/<name>`` (the Namespace objects themselves).
+    """
+    parts = [p for p in path.strip('/').split('/') if p]
+    if len(parts) >= 2 and parts[0] == 'api':
+        group, version, rest = '', parts[1], parts[2:]
+    elif len(parts) >= 3 and parts[0] == 'apis':
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    if not rest:
+        return None
+    namespace = None
+    if rest[0] == 'namespaces' and len(rest) >= 3 and rest[2] not in _NAMESPACE_SUBRESOURCES:
+        namespace, rest = rest[1], rest[2:]
+    plural = rest[0]
+    name = rest[1] if len(rest) > 1 else None
+    sub = '/'.join(rest[2:]) or None
+    return ApiPath(group, version, plural, namespace, name, sub)
+
+
+class ApiError(Exception):
+    """An error answered as a Kubernetes `Status` object."""
+
+    def __init__(self, code: int, reason: str, message: str, details: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+        self.details = dict(details or {})
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            'kind': 'Status', 'apiVersion': 'v1', 'metadata': {},
+            'status': 'Failure', 'message': self.message, 'reason': self.reason,
+            'code': self.code,
+        }
+        if self.details:
+            body['details'] = self.details
+        return body
+
+
+def qualified(plural: str, group: str) -> str:
+    return f'{plural}.{group}' if group else plural
+
+
+def not_found(plural: str, group: str, name: str) -> ApiError:
+    return ApiError(404, 'NotFound', f'{qualified(plural, group)} "{name}" not found',
+                    {'name': name, 'group': group, 'kind': plural})
+
+
+def already_exists(plural: str, group: str, name: str) -> ApiError:
+    return ApiError(409, 'AlreadyExists', f'{qualified(plural, group)} "{name}" already exists',
+                    {'name': name, 'group': group, 'kind': plural})
+
+
+def conflict(plural: str, group: str, name: str) -> ApiError:
+    return ApiError(
+        409, 'Conflict',
+        f'Operation cannot be fulfilled on {qualified(plural, group)} "{name}": the object has '
+        'been modified; please apply your changes to the latest version and try again',
+        {'name': name, 'group': group, 'kind': plural})
+
+
+def invalid(kind: str, name: str, message: str) -> ApiError:
+    return ApiError(422, 'Invalid', f'{kind} "{name}" is invalid: {message}',
+                    {'name': name, 'kind': kind})
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+_DNS_SUBDOMAIN = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
+
+
+def valid_name(name: Any) -> bool:
+    return isinstance(name, str) and len(name) <= 253 and bool(_DNS_SUBDOMAIN.match(name))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (null deletes; non-objects replace)."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+# Merge keys of the list fields our manifests use (core/v1 patchMergeKey tags).
+_MERGE_KEYS = ('name', 'mountPath', 'containerPort', 'port', 'ip')
+
+
+def strategic_merge_patch(target: Any, patch: Any) -> Any:
+    """An approximation of strategic merge patch, good for our manifests.
+
+    Lists of objects that all carry one merge key (containers/env/volumes by
+    ``name``, volumeMounts by ``mountPath``, ports by ``containerPort`` or
+    ``port``) merge item by item; ``$patch: delete`` items are removed; the
+    ``$setElementOrder``/``$retainKeys``/``$deleteFromPrimitiveList``
+    directives kubectl sends are dropped. Other lists are replaced, as in a
+    merge patch. Not supported: ``$patch: replace`` on maps, primitive-list
+    merges.
+    """
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if key.startswith('$'):
+            continue
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, list) and isinstance(result.get(key), list):
+            result[key] = _merge_list(result[key], value)
+        else:
+            result[key] = strategic_merge_patch(result.get(key), value)
+    return result
+
+
+def _merge_list(old: list[Any], new: list[Any]) -> list[Any]:
+    items = [i for i in old + new if isinstance(i, Mapping)]
+    if len(items) != len(old) + len(new):
+        return [i for i in new if not (isinstance(i, Mapping) and i.get('$patch'))]
+    merge_key = next((k for k in _MERGE_KEYS if all(k in i for i in items)), None)
+    if merge_key is None:
+        return [i for i in new if not i.get('$patch')]
+    merged = {i[merge_key]: dict(i) for i in old}
+    for item in new:
+        if item.get('$patch') == 'delete':
+            merged.pop(item[merge_key], None)
+        else:
+            merged[item[merge_key]] = strategic_merge_patch(merged.get(item[merge_key]), item)
+    return list(merged.values())
+
+
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+_SET_EXPR = re.compile(r'^\s*(!?)([^\s!=<>(),]+)\s*(?:(notin|in)\s*\(([^)]*)\))?\s*$')
+
+
+def _split_selector(selector: str) -> list[str]:
+    # Commas inside `in (a,b)` do not separate requirements.
+    parts, depth, current = [], 0, ''
+    for char in selector:
+        depth += char == '('
+        depth -= char == ')'
+        if char == ',' and depth == 0:
+            parts.append(current)
+            current = ''
+        else:
+            current += char
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def label_selector(selector: str | None) -> Predicate:
+    """Compile a label selector (=, ==, !=, in, notin, key, !key)."""
+    checks: list[Callable[[Mapping[str, str]], bool]] = []
+    for req in _split_selector(selector or ''):
+        checks.append(_label_requirement(req))
+
+    def match(obj: Mapping[str, Any]) -> bool:
+        labels = (obj.get('metadata') or {}).get('labels') or {}
+        return all(check(labels) for check in checks)
+    return match
+
+
+def _label_requirement(req: str) -> Callable[[Mapping[str, str]], bool]:
+    for op in ('!=', '==', '='):
+        if op in req:
+            key, value = (s.strip() for s in req.split(op, 1))
+            if op == '!=':
+                return lambda labels: labels.get(key) != value
+            return lambda labels: labels.get(key) == value
+    found = _SET_EXPR.match(req)
+    if not found:
+        raise ApiError(400, 'BadRequest', f'unable to parse requirement: {req!r}')
+    negated, key, op, values = found.groups()
+    if op:
+        allowed = {v.strip() for v in values.split(',') if v.strip()}
+        if op == 'in':
+            return lambda labels: labels.get(key) in allowed
+        return lambda labels: labels.get(key) not in allowed
+    if negated:
+        return lambda labels: key not in labels
+    return lambda labels: key in labels
+
+
+def field_selector(selector: str | None) -> Predicate:
+    """Compile a field selector: `a.b=v`, `a.b==v`, `a.b!=v` on any dotted path."""
+    checks: list[Predicate] = []
+    for req in _split_selector(selector or ''):
+        op = '!=' if '!=' in req else '==' if '==' in req else '='
+        if op not in req:
+            raise ApiError(400, 'BadRequest', f'invalid field selector: {req!r}')
+        path, value = (s.strip() for s in req.split(op, 1))
+        checks.append(_field_check(path.split('.'), value, negate=op == '!='))
+    return lambda obj: all(check(obj) for check in checks)
+
+
+def _field_check(path: list[str], value: str, *, negate: bool) -> Predicate:
+    def check(obj: Mapping[str, Any]) -> bool:
+        current: Any = obj
+        for part in path:
+            current = current.get(part) if isinstance(current, Mapping) else None
+        actual = '' if current is None else str(current).lower() if isinstance(current, bool) else str(current)
+        return (actual == value) != negate
+    return check
