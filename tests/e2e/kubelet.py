@@ -109,14 +109,17 @@ def free_port() -> int:
 
 
 def remap_paths(text: str, mounts: list[tuple[str, Path]]) -> str:
-    """Rewrite container mount paths in ``text`` to their local twins (rule 1)."""
-    for mount_path, local in sorted(mounts, key=lambda m: len(m[0]), reverse=True):
-        target = mount_path.rstrip("/") or "/"
-        if target == "/":
-            continue  # never remap the whole root: every path would match
-        pattern = re.compile(r"(?<![\w.\-])" + re.escape(target) + r"(?=/|$|[^\w.\-])")
-        text = pattern.sub(lambda _m, repl=str(local): repl, text)
-    return text
+    """Rewrite container mount paths in ``text`` to their local twins (rule 1).
+
+    One pass with one alternation (longest path first): the local twins usually live
+    under /tmp, itself a mount path, and must not be rewritten again.
+    """
+    table = {m.rstrip("/"): str(local) for m, local in mounts if m.rstrip("/")}
+    if not table:
+        return text
+    alternatives = "|".join(re.escape(m) for m in sorted(table, key=len, reverse=True))
+    pattern = re.compile(r"(?<![\w.\-])(" + alternatives + r")(?=/|$|[^\w.\-])")
+    return pattern.sub(lambda match: table[match.group(1)], text)
 
 
 def expand_vars(text: str, env: Mapping[str, str]) -> str:
@@ -229,10 +232,11 @@ class Kubelet:
         ports = {p["containerPort"]: free_port() for p in ctr.get("ports", [])}
         named = {p["name"]: p["containerPort"] for p in ctr.get("ports", []) if p.get("name")}
         env = self._resolve_env(ctr, namespace, metadata, pod_spec, mounts)
-        argv = [expand_vars(a, env) for a in [*ctr.get("command", []), *ctr.get("args", [])]]
+        # Remap the literal text first, then expand $(VAR) with env values already remapped.
+        argv = [expand_vars(remap_paths(a, mounts), env) for a in [*ctr.get("command", []), *ctr.get("args", [])]]
         if not argv:
             raise PodError(f"container {ctr['name']!r}: no command; image entrypoints are not known here")
-        argv = remap_ports([remap_paths(a, mounts) for a in argv], ports)
+        argv = remap_ports(argv, ports)
         base = {
             "PATH": f"{self.bin_dir}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
             "HOME": str(home),

@@ -70,3 +70,9 @@ def test_service_proxy_keeps_the_service_host_header() -> None:
     finally:
         backend.shutdown()
         backend.server_close()
+
+
+def test_remapped_paths_are_not_remapped_again() -> None:
+    """Local twins live under /tmp, itself a mount path in the rendered pods."""
+    mounts = [("/tmp", Path("/tmp/root/rootfs/tmp")), ("/data", Path("/tmp/root/rootfs/data"))]
+    assert remap_paths("/data/x:/tmp/y", mounts) == "/tmp/root/rootfs/data/x:/tmp/root/rootfs/tmp/y"
