@@ -32,8 +32,8 @@ DEFAULT_IMAGE = f"ghcr.io/mlflow-operator/mlflow-server:{_VERSION}"
 Permission = Literal["READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS"]
 PERMISSIONS: tuple[str, ...] = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
 
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*"
 NAMESPACE_RE = re.compile(rf"^{_DNS_LABEL}$")
 SERVICE_ACCOUNT_RE = re.compile(rf"^({_DNS_LABEL}):({_DNS_SUBDOMAIN})$")
 NAMESPACE_PERMISSION_RE = re.compile(rf"^({_DNS_LABEL}):([A-Z_]+)$")
