@@ -1,9 +1,9 @@
 """`scripts/demo`: the whole product on a laptop with no cluster, step by step.
 
-Starts the Kubernetes API emulator, the operator, applies an MLflowServer, plays the
-cluster for what the operator renders (migration Job, then the server Deployment; see
-tests/e2e/kubelet.py for what is remapped), runs the sample training job with nothing
-but its ServiceAccount token, and prints the MLflow URL and how to log in. Keeps running
+Starts the Kubernetes API emulator and the operator, applies examples/minimal.yaml, plays
+the cluster for what the operator renders (migration Job, then the server Deployment; see
+tests/e2e/kubelet.py for what is remapped), runs examples/training-job.yaml (nothing but
+its ServiceAccount token), and prints the MLflow URL and how to log in. Keeps running
 (and keeps reconciling: edit the MLflowServer and the server restarts) until Ctrl-C.
 
     scripts/demo                  # until Ctrl-C
@@ -24,13 +24,9 @@ import yaml
 from tests.e2e.emulator import EmulatorThread
 from tests.e2e.stack import Stack
 
-NAMESPACE = "team-a"
-SERVER = "mlflow"
-TRAINER = "trainer"
-SPEC: dict[str, Any] = {
-    # a ServiceAccount that may manage permissions with the k8s-auth app client
-    "auth": {"adminServiceAccounts": [f"{NAMESPACE}:admin-bot"]},
-}
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_FILE = ROOT / "examples" / "minimal.yaml"
+JOB_FILE = ROOT / "examples" / "training-job.yaml"
 
 
 class Progress:
@@ -66,60 +62,65 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, workdir: Path, p: Progress) -> int:
+    server_manifest = yaml.safe_load(SERVER_FILE.read_text())
+    namespace, name = server_manifest["metadata"]["namespace"], server_manifest["metadata"]["name"]
+    job = next(d for d in yaml.safe_load_all(JOB_FILE.read_text()) if d and d["kind"] == "Job")
+
     p.step("Starting a Kubernetes API server emulator (KMock) on 127.0.0.1")
     with EmulatorThread() as emulator, Stack(emulator.url, workdir, say=p.info) as stack:
         kubeconfig = workdir / "kubeconfig"
-        emulator.write_kubeconfig(kubeconfig)
-        p.info(f"API server: {emulator.url}   (kubectl --kubeconfig {kubeconfig} --validate=false ...)")
+        emulator.write_kubeconfig(kubeconfig, namespace)
+        p.info(f"API server: {emulator.url}")
+        p.info(f"kubectl:    export KUBECONFIG={kubeconfig}   (add --validate=false to apply)")
 
-        p.step(f"Starting the operator: mlflow-operator run --namespace {NAMESPACE}")
-        stack.start_operator([NAMESPACE])
+        p.step(f"Starting the operator: mlflow-operator run --namespace {namespace}")
+        stack.start_operator([namespace])
         p.info(f"operator log: {stack.operator_log}")
 
-        p.step(f"Applying MLflowServer {NAMESPACE}/{SERVER}")
-        manifest = {"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
-                    "metadata": {"name": SERVER, "namespace": NAMESPACE}, "spec": SPEC}
-        for line in yaml.safe_dump(manifest, sort_keys=False).splitlines():
-            p.info(line)
-        stack.apply_server(NAMESPACE, SERVER, SPEC)
-
-        p.step("Operator renders; running its migration Job, then its Deployment (as local processes)")
-        status, pod = stack.bring_up(NAMESPACE, SERVER)
+        p.step(f"kubectl apply -f {SERVER_FILE.relative_to(ROOT)}")
+        stack.apply_file(SERVER_FILE)
+        p.info("the operator renders config, Secrets, RBAC, a volume, a migration Job and a Deployment;")
+        p.info("this harness runs that Job, then that Deployment, as local processes:")
+        status, pod = stack.bring_up(namespace, name)
         p.info(f"status: phase={status.get('phase')} url={status.get('url')} audience={status.get('audience')}")
 
-        p.step(f"Running the sample training job as ServiceAccount {NAMESPACE}/{TRAINER} (no password)")
-        p.info(f"its token is projected with audience {status['audience']}; MLFLOW_TRACKING_AUTH=k8s-token")
-        verdict = stack.run_job(NAMESPACE, "sample-train", service_account=TRAINER,
-                                tracking_uri=status["url"], audience=status["audience"])
-        if not verdict.get("ok"):
-            raise RuntimeError(f"the sample job failed: {verdict}")
-        p.info(f"logged run {verdict['run_id']} (params, a loss curve, an artifact) and read it back")
+        p.step(f"kubectl apply -f {JOB_FILE.relative_to(ROOT)}   (a job with no password)")
+        p.info(f"ServiceAccount {namespace}/{job['spec']['template']['spec']['serviceAccountName']}, token "
+               f"projected with audience {status['audience']}, MLFLOW_TRACKING_AUTH=k8s-token")
+        stack.apply_file(JOB_FILE)
+        code, log = stack.cluster.run_job(namespace, job["metadata"]["name"])
+        for line in log.strip().splitlines()[-3:]:
+            p.info(f"job> {line}")
+        if code != 0:
+            raise RuntimeError(f"the example job failed with exit code {code}; see {workdir / 'logs'}")
+        p.info("logged run: a parameter and a metric, authenticated as "
+               f"system:serviceaccount:{namespace}:{job['spec']['template']['spec']['serviceAccountName']}")
 
         p.step("MLflow is up")
-        password_file = _save_admin_password(stack, status, workdir)
+        password_file = _save_admin_password(stack, namespace, status, workdir)
         print(f"""
-      MLflow UI:  {pod.url}
+      MLflow UI:  {pod.url}      (what `kubectl port-forward svc/{name} 5000` gives you)
       log in as:  admin   password: in {password_file}
-                  (from Secret {NAMESPACE}/{status.get('adminSecret')}; the operator generated it once)
-      as a job:   jobs in namespace {NAMESPACE} log with their ServiceAccount token:
-                  MLFLOW_TRACKING_URI={status['url']} MLFLOW_TRACKING_AUTH=k8s-token
-      from here:  export MLFLOW_TRACKING_URI={pod.url} MLFLOW_TRACKING_USERNAME=admin \\
-                         MLFLOW_TRACKING_PASSWORD="$(cat {password_file})"
+                  (from Secret {namespace}/{status.get('adminSecret')}; the operator generated it once)
+      as a job:   MLFLOW_TRACKING_URI={status['url']} MLFLOW_TRACKING_AUTH=k8s-token
+                  + a token projected with audience {status['audience']}  (see {JOB_FILE.relative_to(ROOT)})
+      from here:  export MLFLOW_TRACKING_URI={pod.url} MLFLOW_TRACKING_USERNAME=admin
+                  export MLFLOW_TRACKING_PASSWORD="$(cat {password_file})"
       files:      {workdir}  (logs/ has the operator, Job and server output)
 """, flush=True)
         if args.exit_after_job:
             return 0
-        print("Running until Ctrl-C; changes to the MLflowServer are reconciled and roll the server.", flush=True)
+        print("Running until Ctrl-C; edits to the MLflowServer are reconciled and roll the server.", flush=True)
         while True:
             stack.check_operator()
-            stack.cluster.sync(NAMESPACE, p.info)
+            stack.cluster.sync(namespace, p.info)
             time.sleep(1)
 
 
-def _save_admin_password(stack: Stack, status: dict[str, Any], workdir: Path) -> Path:
+def _save_admin_password(stack: Stack, namespace: str, status: dict[str, Any], workdir: Path) -> Path:
     import base64
 
-    secret = stack.cluster.read_object("Secret", NAMESPACE, status["adminSecret"]) or {}
+    secret = stack.cluster.read_object("Secret", namespace, status["adminSecret"]) or {}
     password = base64.b64decode((secret.get("data") or {}).get("password", "")).decode()
     path = workdir / "admin-password"
     path.touch(mode=0o600)

@@ -57,6 +57,26 @@ class Stack:
         return self.ensure(f"/api/v1/namespaces/{namespace}/serviceaccounts",
                            sample_job.service_account(namespace, name))
 
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """`kubectl create` for the kinds the examples use."""
+        kind, meta = obj["kind"], obj["metadata"]
+        ns = meta.get("namespace", "default")
+        paths = {
+            "ServiceAccount": f"/api/v1/namespaces/{ns}/serviceaccounts",
+            "ConfigMap": f"/api/v1/namespaces/{ns}/configmaps",
+            "Secret": f"/api/v1/namespaces/{ns}/secrets",
+            "Job": f"/apis/batch/v1/namespaces/{ns}/jobs",
+            "MLflowServer": cr_path(ns),
+        }
+        if kind not in paths:
+            raise ValueError(f"the harness cannot apply kind {kind}")
+        return self.ensure(paths[kind], dict(obj))
+
+    def apply_file(self, path: Path) -> list[dict[str, Any]]:
+        import yaml
+
+        return [self.apply(doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
     def apply_server(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
                 "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}

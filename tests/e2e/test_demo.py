@@ -22,7 +22,7 @@ def test_demo_runs_the_sample_job_and_prints_how_to_log_in(tmp_path: Path) -> No
     for step in range(1, 7):
         assert f"[{step}/6]" in out
     assert "MLflow UI:  http://127.0.0.1:" in out
-    assert "logged run " in out
+    assert "job> logged run" in out
     password_file = tmp_path / "admin-password"
     assert password_file.stat().st_mode & 0o777 == 0o600
     # the password itself is never printed, only where to find it
