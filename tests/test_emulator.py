@@ -297,3 +297,218 @@ def test_issuer_constant_matches_minted_tokens() -> None:
     assert claims['iss'] == ISSUER and claims['aud'] == ['x'] and claims['sub'] == 'system:serviceaccount:a:b'
     assert set(claims['kubernetes.io']) == {'namespace', 'serviceaccount'}
     assert jwt.get_unverified_header(mint_token('a', 'b', ['x']))['kid']
+
+
+# ---- writes: optimistic concurrency, PUT, patches, status, generation -------------
+
+def test_stale_resource_version_is_409(core: kubernetes.client.CoreV1Api) -> None:
+    first = core.create_namespaced_config_map('ns1', {'metadata': {'name': 'c'}, 'data': {'a': '1'}})
+    core.patch_namespaced_config_map('c', 'ns1', {'data': {'a': '2'}})
+    stale = first.metadata.resource_version
+    with pytest.raises(ApiException) as err:
+        core.patch_namespaced_config_map('c', 'ns1', {'metadata': {'resourceVersion': stale}, 'data': {'a': '3'}})
+    assert err.value.status == 409 and json.loads(err.value.body)['reason'] == 'Conflict'
+    first.data = {'a': '4'}
+    with pytest.raises(ApiException) as err:
+        core.replace_namespaced_config_map('c', 'ns1', first)
+    assert err.value.status == 409
+    assert core.read_namespaced_config_map('c', 'ns1').data == {'a': '2'}
+
+
+def test_put_replaces_the_object_but_keeps_identity(core: kubernetes.client.CoreV1Api) -> None:
+    created = core.create_namespaced_config_map('ns1', {'metadata': {'name': 'c', 'labels': {'x': '1'}},
+                                                        'data': {'a': '1', 'b': '2'}})
+    current = core.read_namespaced_config_map('c', 'ns1')
+    current.data, current.metadata.labels = {'b': '3'}, None
+    replaced = core.replace_namespaced_config_map('c', 'ns1', current)
+    assert replaced.data == {'b': '3'} and replaced.metadata.labels is None
+    assert replaced.metadata.uid == created.metadata.uid
+    assert replaced.metadata.creation_timestamp == created.metadata.creation_timestamp
+    assert int(replaced.metadata.resource_version) > int(created.metadata.resource_version)
+
+
+def test_json_patch_applies_and_its_errors_are_422(kube: KubeEmulator) -> None:
+    http(kube, 'POST', '/api/v1/namespaces/ns1/configmaps', {'metadata': {'name': 'c'}, 'data': {'a': '1'}})
+    path = '/api/v1/namespaces/ns1/configmaps/c'
+    ops = [{'op': 'test', 'path': '/data/a', 'value': '1'}, {'op': 'replace', 'path': '/data/a', 'value': '2'}]
+    code, obj = http(kube, 'PATCH', path, ops, 'application/json-patch+json')
+    assert code == 200 and obj['data'] == {'a': '2'}
+    code, body = http(kube, 'PATCH', path, ops, 'application/json-patch+json')  # the test op fails now
+    assert code == 422 and body['reason'] == 'Invalid'
+    code, body = http(kube, 'PATCH', path, [{'op': 'remove', 'path': '/data/missing'}], 'application/json-patch+json')
+    assert code == 422
+    assert http(kube, 'PATCH', path, {'data': {}}, 'application/json-patch+json')[0] == 400
+    assert http(kube, 'PATCH', path, {'data': {}}, 'text/plain')[0] == 415
+
+
+def test_strategic_merge_patch_merges_containers_by_name(kube_client: Any) -> None:
+    apps = kubernetes.client.AppsV1Api(kube_client)
+    containers = [{'name': 'server', 'image': 'mlflow:1', 'env': [{'name': 'A', 'value': '1'}]},
+                  {'name': 'sidecar', 'image': 'proxy:1'}]
+    apps.create_namespaced_deployment('ns1', {'metadata': {'name': 'd'}, 'spec': {
+        'selector': {'matchLabels': {'app': 'd'}},
+        'template': {'metadata': {'labels': {'app': 'd'}}, 'spec': {'containers': containers}}}})
+    # The client sends a dict body to built-in kinds as a strategic merge patch.
+    patched = apps.patch_namespaced_deployment('d', 'ns1', {'spec': {'template': {'spec': {'containers': [
+        {'name': 'server', 'image': 'mlflow:2', 'env': [{'name': 'B', 'value': '2'}]}]}}}})
+    merged = {c.name: c for c in patched.spec.template.spec.containers}
+    assert merged['server'].image == 'mlflow:2' and merged['sidecar'].image == 'proxy:1'
+    assert [(e.name, e.value) for e in merged['server'].env] == [('A', '1'), ('B', '2')]
+    deleted = apps.patch_namespaced_deployment('d', 'ns1', {'spec': {'template': {'spec': {'containers': [
+        {'name': 'sidecar', '$patch': 'delete'}]}}}})
+    assert [c.name for c in deleted.spec.template.spec.containers] == ['server']
+
+
+def test_status_subresource_is_isolated_and_generation_tracks_spec(
+        kube: KubeEmulator, custom: kubernetes.client.CustomObjectsApi) -> None:
+    body = mlflow_server('m', replicas=1)
+    body['status'] = {'phase': 'Forged'}
+    created = custom.create_namespaced_custom_object(*CR, 'ns1', 'mlflowservers', body)
+    assert 'status' not in created and created['metadata']['generation'] == 1
+    main = custom.patch_namespaced_custom_object(*CR, 'ns1', 'mlflowservers', 'm', {'status': {'phase': 'X'}})
+    assert 'status' not in main
+    status = custom.patch_namespaced_custom_object_status(
+        *CR, 'ns1', 'mlflowservers', 'm', {'status': {'phase': 'Ready'}, 'spec': {'replicas': 9}})
+    assert status['status'] == {'phase': 'Ready'} and status['spec'] == {'replicas': 1}
+    assert status['metadata']['generation'] == 1
+    labelled = custom.patch_namespaced_custom_object(*CR, 'ns1', 'mlflowservers', 'm', {'metadata': {'labels': {'a': 'b'}}})
+    assert labelled['metadata']['generation'] == 1
+    respec = custom.patch_namespaced_custom_object(*CR, 'ns1', 'mlflowservers', 'm', {'spec': {'replicas': 2}})
+    assert respec['metadata']['generation'] == 2 and respec['status'] == {'phase': 'Ready'}
+
+
+def test_noop_patch_changes_nothing(custom: kubernetes.client.CustomObjectsApi) -> None:
+    created = custom.create_namespaced_custom_object(*CR, 'ns1', 'mlflowservers', mlflow_server('m', replicas=1))
+    same = custom.patch_namespaced_custom_object(*CR, 'ns1', 'mlflowservers', 'm', {'spec': {'replicas': 1}})
+    assert same['metadata']['resourceVersion'] == created['metadata']['resourceVersion']
+
+
+def test_generate_name(core: kubernetes.client.CoreV1Api) -> None:
+    one = core.create_namespaced_event('ns1', {'metadata': {'generateName': 'kopf-event-'},
+                                               'involvedObject': {}, 'message': 'hi'})
+    two = core.create_namespaced_event('ns1', {'metadata': {'generateName': 'kopf-event-'}, 'involvedObject': {}})
+    assert one.metadata.name.startswith('kopf-event-') and len(one.metadata.name) == len('kopf-event-') + 5
+    assert one.metadata.name != two.metadata.name
+
+
+@pytest.mark.parametrize('path, body, code', [
+    ('/api/v1/namespaces/ns1/configmaps', {'metadata': {'name': 'c', 'resourceVersion': '5'}}, 400),
+    ('/api/v1/namespaces/ns1/configmaps', {'metadata': {'name': 'c', 'namespace': 'other'}}, 400),
+    ('/api/v1/namespaces/ns1/configmaps', {'metadata': {'name': 'Not_Valid'}}, 422),
+    ('/api/v1/namespaces/ns1/configmaps', {'metadata': {}}, 422),
+    ('/api/v1/configmaps', {'metadata': {'name': 'c'}}, 405),
+    ('/api/v1/namespaces/ns1/configmaps', ['not', 'an', 'object'], 400),
+])
+def test_bad_creates_get_clear_errors(kube: KubeEmulator, path: str, body: Any, code: int) -> None:
+    answer_code, answer = http(kube, 'POST', path, body)
+    assert answer_code == code and answer['kind'] == 'Status' and answer['message']
+
+
+def test_delete_preconditions(kube: KubeEmulator, core: kubernetes.client.CoreV1Api) -> None:
+    core.create_namespaced_config_map('ns1', {'metadata': {'name': 'c'}})
+    options = {'preconditions': {'uid': 'someone-else'}}
+    assert http(kube, 'DELETE', '/api/v1/namespaces/ns1/configmaps/c', options)[0] == 409
+    assert http(kube, 'DELETE', '/api/v1/namespaces/ns1/configmaps/c')[0] == 200
+    assert http(kube, 'DELETE', '/api/v1/namespaces/ns1/configmaps/c')[0] == 404
+
+
+# ---- selectors, watches ------------------------------------------------------------
+
+def test_label_and_field_selectors_on_lists(core: kubernetes.client.CoreV1Api) -> None:
+    for name, labels in [('a', {'app': 'x', 'tier': 'web'}), ('b', {'app': 'y'}), ('c', {})]:
+        core.create_namespaced_config_map('ns1', {'metadata': {'name': name, 'labels': labels}})
+
+    def names(**kw: Any) -> list[str]:
+        return [c.metadata.name for c in core.list_namespaced_config_map('ns1', **kw).items]
+    assert names(label_selector='app=x') == ['a']
+    assert names(label_selector='app!=x') == ['b', 'c']
+    assert names(label_selector='app in (x,y)') == ['a', 'b']
+    assert names(label_selector='app notin (x),app') == ['b']
+    assert names(label_selector='!app') == ['c']
+    assert names(label_selector='app=x,tier=web') == ['a']
+    assert names(field_selector='metadata.name=b') == ['b']
+    assert names(field_selector='metadata.name!=b') == ['a', 'c']
+
+
+def watch_raw(kube: KubeEmulator, path: str) -> tuple[str, list[dict[str, Any]]]:
+    """Read a watch stream to its end (the caller gives timeoutSeconds)."""
+    with urllib.request.urlopen(kube.url + path, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+        return response.headers['Content-Type'], [json.loads(line) for line in lines if line]
+
+
+def test_watch_resumes_after_the_given_resource_version(kube: KubeEmulator, core: Any) -> None:
+    core.create_namespaced_config_map('ns1', {'metadata': {'name': 'a'}})
+    rv = core.list_namespaced_config_map('ns1').metadata.resource_version
+    core.create_namespaced_config_map('ns1', {'metadata': {'name': 'b'}})
+    core.patch_namespaced_config_map('a', 'ns1', {'data': {'k': 'v'}})
+    core.delete_namespaced_config_map('b', 'ns1')
+    ctype, events = watch_raw(kube, f'/api/v1/namespaces/ns1/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=1')
+    assert ctype.startswith('application/json')
+    assert [(e['type'], e['object']['metadata']['name']) for e in events] == [
+        ('ADDED', 'b'), ('MODIFIED', 'a'), ('DELETED', 'b')]
+
+
+def test_watch_without_resource_version_lists_then_streams(kube: KubeEmulator, core: Any) -> None:
+    core.create_namespaced_config_map('ns1', {'metadata': {'name': 'old'}})
+    stream = kubernetes.watch.Watch().stream(core.list_namespaced_config_map, 'ns1', timeout_seconds=2)
+    first = next(stream)
+    assert (first['type'], first['object'].metadata.name) == ('ADDED', 'old')
+    kube.create('v1/configmaps', {'metadata': {'name': 'new'}}, namespace='ns1')
+    second = next(stream)
+    assert (second['type'], second['object'].metadata.name) == ('ADDED', 'new')
+    stream.close()
+
+
+def test_watch_honours_timeout_and_selectors_and_bookmarks(kube: KubeEmulator, core: Any) -> None:
+    core.create_namespaced_config_map('ns1', {'metadata': {'name': 'a', 'labels': {'app': 'x'}}})
+    core.create_namespaced_config_map('ns1', {'metadata': {'name': 'b', 'labels': {'app': 'y'}}})
+    core.create_namespaced_config_map('ns2', {'metadata': {'name': 'a', 'labels': {'app': 'x'}}})
+    started = time.monotonic()
+    _, events = watch_raw(kube, '/api/v1/namespaces/ns1/configmaps?watch=true&labelSelector=app%3Dx'
+                                '&timeoutSeconds=1&allowWatchBookmarks=true')
+    assert 0.9 < time.monotonic() - started < 3
+    assert [(e['type'], e['object']['metadata'].get('name')) for e in events] == [('ADDED', 'a'), ('BOOKMARK', None)]
+    assert events[-1]['object']['metadata']['resourceVersion'] == core.list_namespaced_config_map('ns1').metadata.resource_version
+
+
+def test_watch_from_a_compacted_version_is_410(kube: KubeEmulator, core: Any) -> None:
+    kube.event_log_limit = 2
+    for name in 'abcde':
+        core.create_namespaced_config_map('ns1', {'metadata': {'name': name}})
+    _, events = watch_raw(kube, '/api/v1/namespaces/ns1/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1')
+    assert [e['type'] for e in events] == ['ERROR'] and events[0]['object']['code'] == 410
+
+
+# ---- discovery, reactions, request log ------------------------------------------------
+
+def test_discovery_core_and_groups(kube: KubeEmulator, kube_client: Any) -> None:
+    code, core_list = http(kube, 'GET', '/api/v1')
+    assert code == 200 and core_list['groupVersion'] == 'v1'
+    names = {r['name']: r for r in core_list['resources']}
+    assert names['pods']['shortNames'] == ['po']
+    assert 'shortNames' not in names['pods/status'] and names['namespaces']['namespaced'] is False
+    _, ours = http(kube, 'GET', '/apis/mlflow-operator.dev/v1alpha1')
+    entry = next(r for r in ours['resources'] if r['name'] == 'mlflowservers')
+    assert entry['kind'] == 'MLflowServer' and entry['shortNames'] == ['mlflow'] and entry['namespaced']
+    dynamic = kubernetes.dynamic.DynamicClient(kube_client)
+    api = dynamic.resources.get(api_version='mlflow-operator.dev/v1alpha1', kind='MLflowServer')
+    api.create(body=mlflow_server('m'), namespace='ns1')
+    assert [o.metadata.name for o in api.get(namespace='ns1').items] == ['m']
+
+
+def test_reactions_answer_before_the_emulation(kube: KubeEmulator, auth: Any) -> None:
+    kube['post /apis/authentication.k8s.io/v1/tokenreviews'] << 503
+    with pytest.raises(ApiException) as err:
+        auth.create_token_review({'spec': {'token': 't'}})
+    assert err.value.status == 503
+    assert kube.tokenreview.count == 0
+
+
+def test_request_log_is_trimmed(kube: KubeEmulator, core: Any) -> None:
+    kube.request_log_limit = 20
+    for _ in range(60):
+        core.list_namespaced_config_map('ns1')
+    assert len(list(kube._requests)) <= 20
+    kube.trim_requests()
+    assert list(kube._requests) == []

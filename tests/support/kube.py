@@ -342,7 +342,9 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
                      content_type: str) -> dict[str, Any]:
         kind = self._info(res).kind or ''
         if content_type == 'application/json-patch+json':
-            # GAP: a failing JSON patch is a 422, not a 500.
+            # GAP: a failing JSON patch is a 422 (a malformed one a 400), not a 500.
+            if not isinstance(patch, list) or not all(isinstance(op, dict) for op in patch):
+                raise ApiError(400, 'BadRequest', 'json: cannot unmarshal the body into a JSON patch (an array of operations)')
             try:
                 return jsonpatch.apply_patch(copy.deepcopy(old), patch)
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError) as exc:

@@ -122,20 +122,26 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-# Merge keys of the list fields our manifests use (core/v1 patchMergeKey tags).
-_MERGE_KEYS = ('name', 'mountPath', 'containerPort', 'port', 'ip')
+# patchMergeKey of the list fields our manifests use (from the core/v1 and
+# apps/v1 Go types); a list field not named here is replaced, as in SMP.
+_MERGE_KEYS: dict[str, tuple[str, ...]] = {
+    'containers': ('name',), 'initContainers': ('name',), 'ephemeralContainers': ('name',),
+    'env': ('name',), 'volumes': ('name',), 'volumeMounts': ('mountPath',),
+    'imagePullSecrets': ('name',), 'ports': ('containerPort', 'port'),
+    'conditions': ('type',), 'ownerReferences': ('uid',), 'hostAliases': ('ip',),
+}
 
 
 def strategic_merge_patch(target: Any, patch: Any) -> Any:
     """An approximation of strategic merge patch, good for our manifests.
 
-    Lists of objects that all carry one merge key (containers/env/volumes by
-    ``name``, volumeMounts by ``mountPath``, ports by ``containerPort`` or
-    ``port``) merge item by item; ``$patch: delete`` items are removed; the
+    List fields with a known merge key (containers/env/volumes by ``name``,
+    volumeMounts by ``mountPath``, ports by ``containerPort`` or ``port``...)
+    merge item by item, keeping items the patch does not mention (as the real
+    API does); ``$patch: delete`` items are removed; the
     ``$setElementOrder``/``$retainKeys``/``$deleteFromPrimitiveList``
     directives kubectl sends are dropped. Other lists are replaced, as in a
-    merge patch. Not supported: ``$patch: replace`` on maps, primitive-list
-    merges.
+    merge patch. Not supported: ``$patch: replace``, primitive-list merges.
     """
     if not isinstance(patch, Mapping):
         return copy.deepcopy(patch)
@@ -145,26 +151,24 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
             continue
         if value is None:
             result.pop(key, None)
-        elif isinstance(value, list) and isinstance(result.get(key), list):
-            result[key] = _merge_list(result[key], value)
+        elif key in _MERGE_KEYS and isinstance(value, list) and isinstance(result.get(key), list):
+            result[key] = _merge_list(_MERGE_KEYS[key], result[key], value)
         else:
             result[key] = strategic_merge_patch(result.get(key), value)
     return result
 
 
-def _merge_list(old: list[Any], new: list[Any]) -> list[Any]:
-    items = [i for i in old + new if isinstance(i, Mapping)]
-    if len(items) != len(old) + len(new):
+def _merge_list(keys: tuple[str, ...], old: list[Any], new: list[Any]) -> list[Any]:
+    items = old + new
+    key = next((k for k in keys if all(isinstance(i, Mapping) and k in i for i in items)), None)
+    if key is None:
         return [i for i in new if not (isinstance(i, Mapping) and i.get('$patch'))]
-    merge_key = next((k for k in _MERGE_KEYS if all(k in i for i in items)), None)
-    if merge_key is None:
-        return [i for i in new if not i.get('$patch')]
-    merged = {i[merge_key]: dict(i) for i in old}
+    merged = {i[key]: dict(i) for i in old}
     for item in new:
         if item.get('$patch') == 'delete':
-            merged.pop(item[merge_key], None)
+            merged.pop(item[key], None)
         else:
-            merged[item[merge_key]] = strategic_merge_patch(merged.get(item[merge_key]), item)
+            merged[item[key]] = strategic_merge_patch(merged.get(item[key]), item)
     return list(merged.values())
 
 
