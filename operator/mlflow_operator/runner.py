@@ -26,6 +26,8 @@ class NoCredentials(Exception):
 
 def build(options: Options) -> tuple[kopf.OperatorRegistry, kopf.OperatorSettings, kopf.Memo]:
     registry = kopf.OperatorRegistry()
+    # A bare registry has no login handler: Kopf's own reads in-cluster config or KUBECONFIG.
+    kopf.on.login(registry=registry)(kopf.login_via_client)
     handlers.register(registry, options)
     settings = kopf.OperatorSettings()
     configure(settings, options)

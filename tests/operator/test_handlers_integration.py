@@ -1,0 +1,230 @@
+"""The real operator process (`mlflow-operator run`) against the emulator, as a user sees it:
+children appear with owner references, status and Events tell what is going on, drift is
+repaired, bad specs degrade and recover, restarts keep the generated secrets, deletion
+cleans the cluster-scoped binding.
+
+The emulator has no controllers: the tests play the Job and Deployment controllers.
+One operator process serves the whole module (tests build on each other, in order).
+"""
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from tests.operator import rbac_record
+from tests.operator.conftest import CR, OperatorProcess, server_manifest, wait_for
+
+NS = "team-a"
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+@pytest.fixture(scope="module")
+def operator(opkube, tmp_path_factory):
+    opkube.create_namespace(NS)
+    proc = OperatorProcess(opkube, tmp_path_factory.mktemp("operator"), [NS]).start()
+    yield proc
+    proc.stop()
+
+
+def _status(kube, name: str) -> dict[str, Any]:
+    obj = kube.get(CR, NS, name)
+    return (obj or {}).get("status") or {}
+
+
+def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def _events(kube, name: str) -> list[dict[str, Any]]:
+    return [e for e in kube.list("v1/events", NS)
+            if (e.get("involvedObject") or {}).get("name") == name
+            and (e.get("involvedObject") or {}).get("kind") == "MLflowServer"]
+
+
+def _reasons(kube, name: str) -> set[str]:
+    return {e.get("reason") for e in _events(kube, name)}
+
+
+def _secret_value(kube, name: str, key: str) -> str:
+    secret = kube.get("v1/secrets", NS, name)
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def _job_name(kube, name: str) -> str:
+    return wait_for(lambda: _status(kube, name).get("migration", {}).get("job"), what=f"{name}'s migration Job")
+
+
+def _bring_up(kube, name: str) -> dict[str, Any]:
+    job = _job_name(kube, name)
+    wait_for(lambda: kube.get("batch/v1/jobs", NS, job), what=f"Job {job}")
+    kube.mark_job_finished(NS, job)
+    wait_for(lambda: kube.get("apps/v1/deployments", NS, name), what=f"Deployment {name}")
+    kube.mark_deployment_available(NS, name)
+    return wait_for(lambda: _status(kube, name).get("phase") == "Ready" and _status(kube, name),
+                    what=f"{name} Ready")
+
+
+def test_create_renders_children_gated_on_migration(opkube, operator):
+    kube = opkube
+    created = kube.create(CR, server_manifest("alpha", NS, {"auth": {"adminServiceAccounts": []}}))
+    uid = created["metadata"]["uid"]
+    status = wait_for(lambda: _cond(_status(kube, "alpha"), "Progressing").get("reason") == "MigrationRunning"
+                      and _status(kube, "alpha"), what="alpha Progressing/MigrationRunning")
+    assert status["phase"] == "Progressing"
+    assert status["observedGeneration"] == 1
+    job = status["migration"]["job"]
+    assert job.startswith("alpha-migrate-")
+    # The rollout waits for the migration.
+    assert kube.get("apps/v1/deployments", NS, "alpha") is None
+    children = [("v1/secrets", "alpha-config"), ("v1/secrets", "alpha-admin"),
+                ("v1/secrets", "alpha-secret-key"), ("v1/serviceaccounts", "alpha-server"),
+                ("v1/persistentvolumeclaims", "alpha-data"), ("batch/v1/jobs", job),
+                ("v1/services", "alpha")]
+    for resource, child in children:
+        obj = kube.get(resource, NS, child)
+        assert obj is not None, f"{resource} {child} missing"
+        owners = obj["metadata"]["ownerReferences"]
+        assert [(o["kind"], o["name"], o["uid"], o["controller"]) for o in owners] == \
+            [("MLflowServer", "alpha", uid, True)]
+    binding = kube.get("rbac.authorization.k8s.io/v1/clusterrolebindings", None,
+                       f"mlflow-operator:{NS}:alpha:auth-delegator")
+    assert binding["roleRef"]["name"] == "system:auth-delegator"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "alpha-server", "namespace": NS}]
+
+    status = _bring_up(kube, "alpha")
+    assert status["readyReplicas"] == 1
+    assert status["url"] == f"http://alpha.{NS}.svc:5000"
+    assert status["audience"] == f"https://alpha.{NS}.svc"
+    assert status["adminSecret"] == "alpha-admin"
+    assert _cond(status, "Ready")["status"] == "True"
+    assert _cond(status, "Degraded")["status"] == "False"
+    deployment = kube.get("apps/v1/deployments", NS, "alpha")
+    assert deployment["metadata"]["ownerReferences"][0]["uid"] == uid
+    reasons = wait_for(lambda: {"Created", "MigrationStarted", "MigrationSucceeded", "Ready"}
+                       <= _reasons(kube, "alpha") and _reasons(kube, "alpha"), what="alpha's Events")
+    assert "Degraded" not in reasons
+
+
+def test_steady_state_writes_nothing(opkube, operator):
+    kube = opkube
+    before = dict(kube.api_calls)
+    # Several resync periods (2 s each): every reconcile reads, none writes.
+    import time
+    time.sleep(5)
+    writes = {k: n - before.get(k, 0) for k, n in kube.api_calls.items()
+              if k[0] in WRITE_VERBS and n != before.get(k, 0)}
+    assert writes == {}
+    reads = sum(n - before.get(k, 0) for k, n in kube.api_calls.items() if k[0] == "get")
+    assert reads > 0  # the timer did run
+
+
+def test_update_propagates_and_rolls_the_deployment(opkube, operator):
+    kube = opkube
+    template = kube.get("apps/v1/deployments", NS, "alpha")["spec"]["template"]
+    old_checksum = template["metadata"]["annotations"]["mlflow-operator.dev/config-checksum"]
+    kube.patch(CR, NS, "alpha", {"spec": {"auth": {"adminServiceAccounts": [f"{NS}:trainer"]}}})
+    wait_for(lambda: f"{NS}:trainer" in _secret_value(kube, "alpha-config", "auth.ini"),
+             what="the new admin ServiceAccount in the rendered ini")
+    new = wait_for(lambda: (kube.get("apps/v1/deployments", NS, "alpha")["spec"]["template"]["metadata"]
+                            ["annotations"]["mlflow-operator.dev/config-checksum"]) != old_checksum,
+                   what="a new config checksum on the pod template")
+    assert new
+    wait_for(lambda: _status(kube, "alpha").get("observedGeneration") == 2, what="observedGeneration 2")
+    assert "Updated" in _reasons(kube, "alpha")
+
+
+def test_deleted_or_edited_child_is_restored(opkube, operator):
+    kube = opkube
+    old_uid = kube.get("v1/services", NS, "alpha")["metadata"]["uid"]
+    kube.delete("v1/services", NS, "alpha")
+    restored = wait_for(lambda: kube.get("v1/services", NS, "alpha"), timeout=10, what="Service restored")
+    assert restored["metadata"]["uid"] != old_uid
+    kube.patch("apps/v1/deployments", NS, "alpha", {"spec": {"replicas": 5}})
+    wait_for(lambda: kube.get("apps/v1/deployments", NS, "alpha")["spec"]["replicas"] == 1,
+             timeout=10, what="Deployment replicas repaired by the resync timer")
+
+
+def test_invalid_spec_degrades_then_recovers(opkube, operator):
+    kube = opkube
+    kube.create(CR, server_manifest("beta", NS, {"replicas": 2}))
+    status = wait_for(lambda: _status(kube, "beta").get("phase") == "Degraded" and _status(kube, "beta"),
+                      what="beta Degraded")
+    degraded = _cond(status, "Degraded")
+    assert degraded["reason"] == "SqliteWithReplicas"
+    assert "backendStore.uriSecretRef" in degraded["message"]
+    warnings = wait_for(lambda: [e for e in _events(kube, "beta") if e["type"] == "Warning"],
+                        what="a Warning Event for beta")
+    assert warnings[0]["reason"] == "SqliteWithReplicas"
+    assert kube.get("v1/secrets", NS, "beta-config") is None  # nothing half-applied
+    kube.patch(CR, NS, "beta", {"spec": {"replicas": 1}})
+    status = wait_for(lambda: _status(kube, "beta").get("phase") == "Progressing" and _status(kube, "beta"),
+                      what="beta recovering")
+    assert _cond(status, "Degraded")["status"] == "False"
+    assert "Recovered" in wait_for(lambda: _reasons(kube, "beta"), what="beta Events")
+    # A failed migration is reported with the Job's name.
+    job = _job_name(kube, "beta")
+    wait_for(lambda: kube.get("batch/v1/jobs", NS, job), what=f"Job {job}")
+    kube.mark_job_finished(NS, job, succeeded=False)
+    status = wait_for(lambda: _cond(_status(kube, "beta"), "Degraded").get("reason") == "MigrationFailed"
+                      and _status(kube, "beta"), what="beta MigrationFailed")
+    assert job in _cond(status, "Degraded")["message"]
+
+
+def test_missing_secret_degrades_until_created(opkube, operator):
+    kube = opkube
+    spec = {"backendStore": {"uriSecretRef": {"name": "gamma-db", "key": "uri"}}}
+    kube.create(CR, server_manifest("gamma", NS, spec))
+    status = wait_for(lambda: _status(kube, "gamma").get("phase") == "Degraded" and _status(kube, "gamma"),
+                      what="gamma Degraded")
+    assert _cond(status, "Degraded")["reason"] == "SecretNotFound"
+    assert "gamma-db" in _cond(status, "Degraded")["message"]
+    password = "s3cr3t-Pa55"
+    uri = f"postgresql://mlflow:{password}@db.{NS}.svc:5432/mlflow"
+    kube.create("v1/secrets", {"metadata": {"name": "gamma-db"},
+                               "data": {"uri": base64.b64encode(uri.encode()).decode()}}, namespace=NS)
+    status = wait_for(lambda: _status(kube, "gamma").get("phase") == "Progressing" and _status(kube, "gamma"),
+                      timeout=15, what="gamma recovering once the Secret exists")
+    assert uri in _secret_value(kube, "gamma-config", "backend-store-uri")
+    # The URI's password is never shown: status, Events, operator log.
+    assert password not in str(status)
+    assert password not in str(_events(kube, "gamma"))
+    assert password not in operator.log()
+
+
+def test_restart_keeps_generated_secrets(opkube, operator):
+    kube = opkube
+    password = _secret_value(kube, "alpha-admin", "password")
+    secret_key = _secret_value(kube, "alpha-secret-key", "secret-key")
+    assert len(password) >= 20 and len(secret_key) >= 32
+    operator.stop()
+    kube.delete("v1/secrets", NS, "alpha-config")  # drift while the operator is down
+    operator.start()
+    wait_for(lambda: kube.get("v1/secrets", NS, "alpha-config"), timeout=15,
+             what="config Secret restored after restart")
+    assert _secret_value(kube, "alpha-admin", "password") == password
+    assert _secret_value(kube, "alpha-secret-key", "secret-key") == secret_key
+    for value in (password, secret_key):
+        assert value not in operator.log()
+        assert value not in str(kube.list("v1/events", NS))
+        assert value not in str(kube.list(CR, NS))
+
+
+def test_delete_removes_cluster_role_binding(opkube, operator):
+    kube = opkube
+    name = f"mlflow-operator:{NS}:alpha:auth-delegator"
+    assert kube.get("rbac.authorization.k8s.io/v1/clusterrolebindings", None, name) is not None
+    kube.delete(CR, NS, "alpha")
+    wait_for(lambda: kube.get(CR, NS, "alpha") is None, what="alpha gone (finalizer released)")
+    assert kube.get("rbac.authorization.k8s.io/v1/clusterrolebindings", None, name) is None
+    # The other servers' bindings stay.
+    assert kube.get("rbac.authorization.k8s.io/v1/clusterrolebindings", None,
+                    f"mlflow-operator:{NS}:beta:auth-delegator") is not None
+
+
+def test_operator_calls_only_what_rbac_grants(opkube, operator):
+    observed = set(opkube.api_calls)
+    granted = rbac_record.observed_api_calls()
+    assert observed <= granted, f"calls not in tests/operator/rbac_record.py: {sorted(observed - granted)}"
+    assert "Traceback" not in operator.log()
