@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import runtime
+from . import permission_cache, runtime
 from .config import ConfigError, K8sAuthConfig, load_config
 
 _PREFIX = "mlflow-k8s-auth"
@@ -70,4 +70,5 @@ def create_app(app: Any = None) -> Any:
     from mlflow.server import auth as mlflow_auth
 
     runtime.install(runtime.build_runtime(CONFIG, mlflow_auth.store))
+    permission_cache.install(mlflow_auth.store, CONFIG.permission_cache_ttl_seconds, CONFIG.cache_max_entries)
     return mlflow_auth.create_app() if app is None else mlflow_auth.create_app(app)
