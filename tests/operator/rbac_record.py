@@ -13,25 +13,27 @@ CORE, APPS, BATCH = "", "apps", "batch"
 NET, POLICY, RBAC = "networking.k8s.io", "policy", "rbac.authorization.k8s.io"
 OURS = "mlflow-operator.dev"
 
-_CHILD_WRITES = ("get", "create", "patch", "delete")
-_WATCHED = ("list", "watch")
+_APPLY = ("get", "create", "patch")  # create-or-patch by name; never a delete
+_PRUNE = _APPLY + ("delete",)  # kinds that go away when the spec stops asking for them
+_WATCHED = ("list", "watch")  # label-selected watches that react to child changes
 
 CALLS: dict[tuple[str, str], tuple[str, ...]] = {
     # The custom resource: Kopf lists/watches it, patches finalizers and its annotations
     # (progress, last-handled-configuration), and the status subresource.
     (OURS, "mlflowservers"): ("get", "list", "watch", "patch"),
     (OURS, "mlflowservers/status"): ("patch",),
-    # Children: create-or-patch by name; watched (label selector) to react to changes.
-    (CORE, "secrets"): _CHILD_WRITES + _WATCHED,
-    (CORE, "serviceaccounts"): _CHILD_WRITES + _WATCHED,
-    (CORE, "services"): _CHILD_WRITES + _WATCHED,
-    (CORE, "persistentvolumeclaims"): _CHILD_WRITES + _WATCHED,
-    (APPS, "deployments"): _CHILD_WRITES + _WATCHED,
-    (BATCH, "jobs"): _CHILD_WRITES + _WATCHED,
-    (NET, "ingresses"): _CHILD_WRITES,
-    (NET, "networkpolicies"): _CHILD_WRITES,
-    (POLICY, "poddisruptionbudgets"): _CHILD_WRITES,
-    (RBAC, "clusterrolebindings"): _CHILD_WRITES,
+    # Children. Namespaced ones are garbage-collected through their ownerReferences.
+    (CORE, "secrets"): _APPLY + _WATCHED,
+    (CORE, "serviceaccounts"): _APPLY + _WATCHED,
+    (CORE, "services"): _APPLY + _WATCHED,
+    (CORE, "persistentvolumeclaims"): _APPLY + _WATCHED,
+    (APPS, "deployments"): _APPLY + _WATCHED,
+    (BATCH, "jobs"): _APPLY + _WATCHED,
+    (NET, "ingresses"): _PRUNE,
+    (NET, "networkpolicies"): _PRUNE,
+    (POLICY, "poddisruptionbudgets"): _PRUNE,
+    # Cluster-scoped: deleted by the finalizer when its MLflowServer goes.
+    (RBAC, "clusterrolebindings"): _PRUNE,
     # Events about MLflowServers (Kopf posts them through the core API).
     (CORE, "events"): ("create",),
 }

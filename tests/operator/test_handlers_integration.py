@@ -193,6 +193,29 @@ def test_missing_secret_degrades_until_created(opkube, operator):
     assert password not in operator.log()
 
 
+def test_optional_objects_follow_the_spec(opkube, operator):
+    kube = opkube
+    db = {"uriSecretRef": {"name": "gamma-db", "key": "uri"}}  # created by the test above
+    spec = {"replicas": 2, "backendStore": db, "auth": {"authDatabase": db},
+            "artifacts": {"destination": "s3://bucket/mlflow"},
+            "ingress": {"enabled": True, "host": "mlflow.example.com"},
+            "networkPolicy": {"enabled": True}}
+    kube.create(CR, server_manifest("delta", NS, spec))
+    optional = [("networking.k8s.io/v1/ingresses", "delta"), ("networking.k8s.io/v1/networkpolicies", "delta"),
+                ("policy/v1/poddisruptionbudgets", "delta")]
+    for resource, name in optional:
+        wait_for(lambda: kube.get(resource, NS, name), what=f"{resource} {name}")
+    status = _status(kube, "delta")
+    assert status["url"] == "http://mlflow.example.com"
+    assert kube.get("v1/persistentvolumeclaims", NS, "delta-data") is None  # nothing on a volume
+    kube.patch(CR, NS, "delta", {"spec": {"replicas": 1, "ingress": {"enabled": False},
+                                          "networkPolicy": {"enabled": False}}})
+    for resource, name in optional:
+        wait_for(lambda: kube.get(resource, NS, name) is None, what=f"{resource} {name} deleted")
+    assert "Deleted" in wait_for(lambda: _reasons(kube, "delta"), what="delta Events")
+    assert _status(kube, "delta")["url"] == f"http://delta.{NS}.svc:5000"
+
+
 def test_restart_keeps_generated_secrets(opkube, operator):
     kube = opkube
     password = _secret_value(kube, "alpha-admin", "password")
