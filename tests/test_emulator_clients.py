@@ -1,0 +1,143 @@
+"""Real clients against the emulator: a minimal Kopf operator, and kubectl."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from kopf.testing import KopfRunner
+
+from tests.support.kube import KubeEmulator
+
+CR = 'mlflow-operator.dev/v1alpha1/mlflowservers'
+KUBECTL = Path(__file__).resolve().parents[1] / '.cache' / 'bin' / 'kubectl'
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 15, what: str = 'condition') -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f'timed out waiting for {what}')
+
+
+def mlflow_server(name: str, **spec: Any) -> dict[str, Any]:
+    return {'apiVersion': 'mlflow-operator.dev/v1alpha1', 'kind': 'MLflowServer',
+            'metadata': {'name': name}, 'spec': spec}
+
+
+def operator(kube: KubeEmulator, seen: list[tuple[str, str, Any]]) -> tuple[kopf.OperatorRegistry, kopf.OperatorSettings]:
+    registry = kopf.OperatorRegistry()
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = True  # the emulator has no namespace scanning to offer
+    settings.watching.server_timeout = 2
+    settings.watching.client_timeout = 5
+    group, version, plural = CR.split('/')
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=kube.url, token='kopf-token')
+
+    @kopf.on.create(group, version, plural, id='created', registry=registry)
+    def created(name: str, spec: Any, body: Any, **_: Any) -> dict[str, Any]:
+        seen.append(('create', name, dict(spec)))
+        kopf.info(body, reason='Seen', message='created')  # a k8s Event, posted in background
+        return {'phase': 'Created'}  # Kopf writes it to status.created via /status
+
+    @kopf.on.update(group, version, plural, id='updated', registry=registry)
+    def updated(name: str, spec: Any, **_: Any) -> None:
+        seen.append(('update', name, dict(spec)))
+
+    @kopf.on.delete(group, version, plural, id='deleted', registry=registry)
+    def deleted(name: str, **_: Any) -> None:
+        seen.append(('delete', name, None))
+
+    return registry, settings
+
+
+@pytest.mark.parametrize('scope', [['--namespace', 'ns1'], ['--all-namespaces']])
+def test_kopf_lifecycle_create_update_finalizer_delete(kube: KubeEmulator, scope: list[str]) -> None:
+    seen: list[tuple[str, str, Any]] = []
+    registry, settings = operator(kube, seen)
+    with KopfRunner(['run', '--standalone', *scope], registry=registry, settings=settings, timeout=30) as runner:
+        kube.create(CR, mlflow_server('m', replicas=1), namespace='ns1')
+        wait_for(lambda: ('create', 'm', {'replicas': 1}) in seen, what='the create handler')
+        obj = wait_for(lambda: (o := kube.get(CR, 'ns1', 'm')) and 'created' in o.get('status', {}) and o,
+                       what='status.created')
+        assert obj['status']['created'] == {'phase': 'Created'}
+        assert obj['metadata']['finalizers'] == ['kopf.zalando.org/KopfFinalizerMarker']
+
+        kube.patch(CR, 'ns1', 'm', {'spec': {'replicas': 2}})
+        wait_for(lambda: ('update', 'm', {'replicas': 2}) in seen, what='the update handler')
+
+        kube.delete(CR, 'ns1', 'm')
+        wait_for(lambda: ('delete', 'm', None) in seen, what='the delete handler')
+        wait_for(lambda: kube.get(CR, 'ns1', 'm') is None, what='the finalizer release')
+        assert [kind for kind, _, _ in seen] == ['create', 'update', 'delete']
+        events = wait_for(lambda: kube.list('v1/events', 'ns1'), what='Kopf posting k8s Events')
+        assert events[0]['reason'] == 'Seen' and events[0]['involvedObject']['name'] == 'm'
+    assert runner.exception is None
+
+
+# ---- kubectl -------------------------------------------------------------------------
+
+@pytest.fixture
+def kubectl(kubeconfig: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    if not KUBECTL.exists():
+        pytest.skip(f'kubectl is not at {KUBECTL}: run scripts/fetch-k8s-tools')
+    env = {**os.environ, 'HOME': str(tmp_path), 'KUBECONFIG': str(kubeconfig)}
+
+    def run(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(KUBECTL), '--cache-dir', str(tmp_path / 'cache'), *args],
+                                capture_output=True, text=True, env=env, timeout=timeout)
+        if check and result.returncode:
+            raise AssertionError(f'kubectl {" ".join(args)} failed: {result.stderr}')
+        return result
+    return run
+
+
+def test_kubectl_apply_get_wait_delete(kube: KubeEmulator, kubectl: Any, tmp_path: Path) -> None:
+    kube.create_namespace('ns1')
+    manifest = tmp_path / 'm.yaml'
+    manifest.write_text(json.dumps({'apiVersion': 'v1', 'kind': 'List', 'items': [
+        {'apiVersion': 'v1', 'kind': 'ConfigMap', 'metadata': {'name': 'c', 'namespace': 'ns1'}, 'data': {'a': '1'}},
+        {**mlflow_server('m', replicas=1), 'metadata': {'name': 'm', 'namespace': 'ns1'}},
+    ]}))
+    out = kubectl('apply', '--validate=false', '-f', str(manifest)).stdout
+    assert 'configmap/c created' in out and 'mlflowserver.mlflow-operator.dev/m created' in out
+
+    manifest.write_text(manifest.read_text().replace('"replicas": 1', '"replicas": 3'))
+    out = kubectl('apply', '--validate=false', '-f', str(manifest)).stdout
+    assert 'mlflowserver.mlflow-operator.dev/m configured' in out and 'configmap/c unchanged' in out
+    assert kube.get(CR, 'ns1', 'm')['spec'] == {'replicas': 3}
+
+    got = json.loads(kubectl('get', 'mlflow', '-n', 'ns1', '-o', 'json').stdout)
+    assert [i['metadata']['name'] for i in got['items']] == ['m']
+    assert kubectl('get', 'configmaps', '-n', 'ns1', '-o', 'name').stdout.split() == ['configmap/c']
+
+    kube.patch(CR, 'ns1', 'm', {'status': {'conditions': [{'type': 'Ready', 'status': 'True'}]}}, subresource='status')
+    kubectl('wait', '-n', 'ns1', '--for=condition=Ready', 'mlflow/m', '--timeout=10s')
+
+    kubectl('delete', '-f', str(manifest))
+    assert kube.get(CR, 'ns1', 'm') is None and kube.get('v1/configmaps', 'ns1', 'c') is None
+    missing = kubectl('get', 'mlflow', 'm', '-n', 'ns1', check=False)
+    assert missing.returncode == 1 and 'NotFound' in missing.stderr
+
+
+def test_kubectl_get_watch_streams_changes(kube: KubeEmulator, kubectl: Any) -> None:
+    kube.create('v1/configmaps', {'metadata': {'name': 'first'}}, namespace='ns1')
+
+    def change_later() -> None:
+        time.sleep(1.5)
+        kube.create('v1/configmaps', {'metadata': {'name': 'second'}}, namespace='ns1')
+    threading.Thread(target=change_later, daemon=True).start()
+    result = kubectl('get', 'configmaps', '-n', 'ns1', '-w', '-o', 'name', '--request-timeout=4s', check=False, timeout=20)
+    assert result.stdout.split()[:2] == ['configmap/first', 'configmap/second'], result.stderr
