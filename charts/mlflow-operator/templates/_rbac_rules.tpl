@@ -24,24 +24,26 @@ fails CI.
 - apiGroups: ["mlflow-operator.dev"]
   resources: ["mlflowservers/status"]
   verbs: ["patch"]
-# Children the operator renders and keeps in line (create when missing, merge-patch on
-# drift, delete when a feature is switched off). It watches them too (label
-# app.kubernetes.io/managed-by=mlflow-operator) so a finished migration Job, a ready
-# Deployment or a deleted child triggers a reconcile without waiting for the resync timer.
-# Secrets: the generated admin/Flask secrets and the server's ini; the operator also reads
-# user-supplied Secrets (database URI, artifact credentials) to check that they exist.
+# Children the operator renders and keeps in line: read by name, created when missing,
+# merge-patched on drift. They are never deleted by the operator (their ownerReferences
+# let the garbage collector remove them with the MLflowServer). They are also watched
+# (label app.kubernetes.io/managed-by=mlflow-operator) so a finished migration Job, a
+# ready Deployment or a deleted child triggers a reconcile at once.
+# Secrets: the generated admin password and Flask key (create-only) and the server's ini;
+# the operator also reads user-supplied Secrets (database URI) to render the ini.
 - apiGroups: [""]
   resources: ["secrets", "serviceaccounts", "services", "persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Deployment of the MLflow server and the migration Job gating it.
+  verbs: ["get", "list", "watch", "create", "patch"]
+# The MLflow server Deployment and the database migration Job that gates its rollout.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Optional children (spec.ingress, spec.networkPolicy, spec.podDisruptionBudget): created,
-# patched on drift and deleted when switched off; not watched (the resync timer repairs them).
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Optional children (spec.ingress, spec.networkPolicy, and the PodDisruptionBudget of a
+# multi-replica server): as above, plus delete when the spec stops asking for them. Not
+# watched: the resync timer repairs them.
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses", "networkpolicies"]
   verbs: ["get", "create", "patch", "delete"]
