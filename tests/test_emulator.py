@@ -404,6 +404,21 @@ def test_bad_creates_get_clear_errors(kube: KubeEmulator, path: str, body: Any, 
     assert answer_code == code and answer['kind'] == 'Status' and answer['message']
 
 
+@pytest.mark.parametrize('path, name, ok', [
+    ('/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', 'system:auth-delegator-x', True),
+    ('/apis/rbac.authorization.k8s.io/v1/clusterroles', 'a/b', False),
+    ('/api/v1/namespaces/ns1/services', 'm' * 63, True),
+    ('/api/v1/namespaces/ns1/services', 'm' * 64, False),
+    ('/api/v1/namespaces/ns1/services', '1abc', False),
+    ('/api/v1/namespaces', 'has.dot', False),
+    ('/api/v1/namespaces/ns1/configmaps', 'has.dot', True),
+    ('/api/v1/namespaces/ns1/configmaps', 'x' * 254, False),
+])
+def test_names_follow_the_rule_of_their_kind(kube: KubeEmulator, path: str, name: str, ok: bool) -> None:
+    code, body = http(kube, 'POST', path, {'metadata': {'name': name}})
+    assert code == (201 if ok else 422), body
+
+
 def test_delete_preconditions(kube: KubeEmulator, core: kubernetes.client.CoreV1Api) -> None:
     core.create_namespaced_config_map('ns1', {'metadata': {'name': 'c'}})
     options = {'preconditions': {'uid': 'someone-else'}}
@@ -470,6 +485,18 @@ def test_watch_honours_timeout_and_selectors_and_bookmarks(kube: KubeEmulator, c
     assert 0.9 < time.monotonic() - started < 3
     assert [(e['type'], e['object']['metadata'].get('name')) for e in events] == [('ADDED', 'a'), ('BOOKMARK', None)]
     assert events[-1]['object']['metadata']['resourceVersion'] == core.list_namespaced_config_map('ns1').metadata.resource_version
+
+
+def test_watch_through_a_selector_sees_objects_enter_and_leave(kube: KubeEmulator, core: Any) -> None:
+    core.create_namespaced_config_map('ns1', {'metadata': {'name': 'a', 'labels': {'app': 'y'}}})
+    rv = core.list_namespaced_config_map('ns1').metadata.resource_version
+    core.patch_namespaced_config_map('a', 'ns1', {'metadata': {'labels': {'app': 'x'}}})
+    core.patch_namespaced_config_map('a', 'ns1', {'data': {'k': 'v'}})
+    core.patch_namespaced_config_map('a', 'ns1', {'metadata': {'labels': {'app': 'z'}}})
+    core.patch_namespaced_config_map('a', 'ns1', {'data': {'k': 'w'}})
+    _, events = watch_raw(kube, f'/api/v1/namespaces/ns1/configmaps?watch=true&resourceVersion={rv}'
+                                '&labelSelector=app%3Dx&timeoutSeconds=1')
+    assert [e['type'] for e in events] == ['ADDED', 'MODIFIED', 'DELETED']
 
 
 def test_watch_from_a_compacted_version_is_410(kube: KubeEmulator, core: Any) -> None:

@@ -74,10 +74,14 @@ RESOURCES: list[tuple[str, str, bool, tuple[str, ...], tuple[str, ...]]] = [
 _GENERATE_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789'  # apimachinery's SimpleNameGenerator
 
 
+# A watch event plus the object's previous state (to see selector transitions).
+_Change = tuple[dict[str, Any], dict[str, Any] | None]
+
+
 @dataclass(eq=False)
 class _Watcher:
     resource: kmock.resource
-    queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[_Change | None] = field(default_factory=asyncio.Queue)
 
 
 @attrs.define(kw_only=True)
@@ -90,7 +94,7 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
     tokenreview: TokenReviewer = attrs.field(init=False)
     _rv: int = attrs.field(default=0, init=False)
     _compacted_rv: int = attrs.field(default=0, init=False)
-    _events: collections.deque[tuple[int, kmock.resource, dict[str, Any]]] = attrs.field(
+    _events: collections.deque[tuple[int, kmock.resource, _Change]] = attrs.field(
         factory=collections.deque, init=False)
     _watchers: set[_Watcher] = attrs.field(factory=set, init=False)
     _served: int = attrs.field(default=0, init=False)
@@ -234,14 +238,14 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
         self._rv += 1
         return str(self._rv)
 
-    def _emit(self, res: kmock.resource, kind: str, obj: dict[str, Any]) -> None:
-        event = {'type': kind, 'object': obj}
-        self._events.append((self._rv, res, event))
+    def _emit(self, res: kmock.resource, kind: str, obj: dict[str, Any], prev: dict[str, Any] | None = None) -> None:
+        change: _Change = ({'type': kind, 'object': obj}, prev)
+        self._events.append((self._rv, res, change))
         while len(self._events) > self.event_log_limit:
             self._compacted_rv = self._events.popleft()[0]
         for watcher in self._watchers:
             if watcher.resource == res:
-                watcher.queue.put_nowait(event)
+                watcher.queue.put_nowait(change)
 
     def _info(self, res: kmock.resource) -> kmock.ResourceInfo:
         return self.resources[res]
@@ -288,10 +292,8 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
         name = meta.get('name')
         if not name:
             raise kp.invalid(info.kind or '', '', 'metadata.name: Required value: name or generateName is required')
-        if not kp.valid_name(name):
-            raise kp.invalid(info.kind or '', str(name), f'metadata.name: Invalid value: {name!r}: '
-                             'a lowercase RFC 1123 subdomain must consist of lower case alphanumeric '
-                             "characters, '-' or '.'")
+        if error := kp.name_error(res.plural or '', res.group or '', str(name)):  # GAP: per-kind name rules
+            raise kp.invalid(info.kind or '', str(name), error)
         if self._live(res, ns, name) is not None:  # GAP: 409 on an existing name
             raise kp.already_exists(res.plural or '', res.group or '', name)
         obj['apiVersion'], obj['kind'] = _api_version(res), info.kind
@@ -393,7 +395,7 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
             self._emit(res, 'DELETED', new)
         else:
             self._store(res, ns, name, new)
-            self._emit(res, 'MODIFIED', new)
+            self._emit(res, 'MODIFIED', new, old)
         return new
 
     def op_delete(self, res: kmock.resource, ns: str | None, name: str,
@@ -411,7 +413,7 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
             new = {**obj, 'metadata': {**meta, 'deletionTimestamp': kp.now_rfc3339(),
                                        'deletionGracePeriodSeconds': 0, 'resourceVersion': self._next_rv()}}
             self._store(res, ns, name, new)
-            self._emit(res, 'MODIFIED', new)
+            self._emit(res, 'MODIFIED', new, obj)
             return new
         gone = {**obj, 'metadata': {**meta, 'resourceVersion': self._next_rv()}}
         self._store(res, ns, name, None)
@@ -444,7 +446,7 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
                 backlog = [{'type': 'ERROR', 'object': ApiError(
                     410, 'Expired', f'too old resource version: {since} ({self._rv})').status()}]
             else:
-                backlog = [e for rv, r, e in self._events if r == res and rv > int(since) and wanted(e['object'])]
+                backlog = [e for rv, r, c in self._events if r == res and rv > int(since) and (e := _seen_as(c, wanted))]
             if initial_events:
                 backlog.append(self._bookmark(res, initial_end=True))
             response = aiohttp.web.StreamResponse(status=200)
@@ -470,13 +472,13 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
         deadline = loop.time() + timeout
         while (remaining := deadline - loop.time()) > 0:
             try:
-                event = await asyncio.wait_for(watcher.queue.get(), remaining)
+                change = await asyncio.wait_for(watcher.queue.get(), remaining)
             except TimeoutError:
                 return
-            if event is None:  # the server is stopping
+            if change is None:  # the server is stopping
                 return
-            if wanted(event['object']):
-                await response.write(json.dumps(event).encode() + b'\n')
+            if seen := _seen_as(change, wanted):
+                await response.write(json.dumps(seen).encode() + b'\n')
 
     def _bookmark(self, res: kmock.resource, initial_end: bool = False) -> dict[str, Any]:
         meta: dict[str, Any] = {'resourceVersion': str(self._rv)}
@@ -559,7 +561,7 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
             self._loop, self._stop_event = asyncio.get_running_loop(), asyncio.Event()
             async with self:
                 server = aiohttp.web.Server(self, access_log=None, handler_cancellation=True)
-                runner = aiohttp.web.ServerRunner(server)
+                runner = aiohttp.web.ServerRunner(server, shutdown_timeout=2)
                 await runner.setup()
                 site = aiohttp.web.TCPSite(runner, self.host, self.port)
                 await site.start()
@@ -572,6 +574,21 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
         except BaseException as exc:  # surfaced by start()
             failure.append(exc)
             ready.set()
+
+
+def _seen_as(change: _Change, wanted: Any) -> dict[str, Any] | None:
+    # GAP: through a selector, an object that starts matching is ADDED and one
+    # that stops matching is DELETED (as kube-apiserver's filtered watches do).
+    event, prev = change
+    now = wanted(event['object'])
+    if event['type'] != 'MODIFIED' or prev is None:
+        return event if now else None
+    before = wanted(prev)
+    if now and not before:
+        return {**event, 'type': 'ADDED'}
+    if before and not now:
+        return {**event, 'type': 'DELETED'}
+    return event if now else None
 
 
 def _api_version(res: kmock.resource) -> str:

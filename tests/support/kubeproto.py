@@ -105,8 +105,35 @@ def now_rfc3339() -> str:
 _DNS_SUBDOMAIN = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
 
 
+_DNS_LABEL = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
+_DNS_1035_LABEL = re.compile(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')
+
+
 def valid_name(name: Any) -> bool:
+    """An RFC 1123 subdomain (most kinds' name rule)."""
     return isinstance(name, str) and len(name) <= 253 and bool(_DNS_SUBDOMAIN.match(name))
+
+
+def name_error(plural: str, group: str, name: str) -> str | None:
+    """Why kube-apiserver would reject this object name (its rule per kind), or None."""
+    if group == 'rbac.authorization.k8s.io':  # path segments: `system:auth-delegator` is fine
+        if name in ('.', '..') or '/' in name or '%' in name:
+            return f"metadata.name: Invalid value: {name!r}: may not be '.' or '..' or contain '/' or '%'"
+        return None
+    if (group, plural) in (('', 'namespaces'), ('', 'services')):
+        pattern, what = ((_DNS_LABEL, 'a lowercase RFC 1123 label') if plural == 'namespaces'
+                         else (_DNS_1035_LABEL, 'a DNS-1035 label (starting with a letter)'))
+        if len(name) > 63:
+            return f'metadata.name: Invalid value: {name!r}: must be no more than 63 characters'
+        if not pattern.match(name):
+            return (f"metadata.name: Invalid value: {name!r}: {what} must consist of lower case "
+                    "alphanumeric characters or '-', and must end with an alphanumeric character")
+        return None
+    if not valid_name(name):
+        return (f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain must consist "
+                "of lower case alphanumeric characters, '-' or '.', and must start and end with an "
+                "alphanumeric character (at most 253 characters)")
+    return None
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
