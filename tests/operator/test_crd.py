@@ -206,3 +206,88 @@ def test_default_permission_enum_is_the_plugins_permission_list(
 ) -> None:
     enum = spec_schema["properties"]["auth"]["properties"]["defaultPermission"]["enum"]
     assert tuple(enum) == model.PERMISSIONS
+
+
+# --- CEL rules (x-kubernetes-validations) ----------------------------------------------
+
+
+def _rules(schema: dict[str, Any], path: tuple[str, ...] = ()):
+    for rule in schema.get("x-kubernetes-validations", []):
+        yield path, rule
+    for prop, sub in schema.get("properties", {}).items():
+        yield from _rules(sub, (*path, prop))
+
+
+def _cel_failures(root_schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
+    """Evaluate every rule on its node, as the API server does after defaulting."""
+    import celpy
+
+    env = celpy.Environment()
+    failures = []
+    for path, rule in _rules(root_schema):
+        node: Any = obj
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            continue  # rules of absent objects do not run
+        program = env.program(env.compile(rule["rule"]))
+        if not program.evaluate({"self": celpy.json_to_cel(node)}):
+            failures.append(rule["message"])
+    return failures
+
+
+EXTERNAL_DBS = {
+    "backendStore": {"uriSecretRef": {"name": "db"}},
+    "auth": {"authDatabase": {"uriSecretRef": {"name": "db"}}},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "spec"),
+    [
+        ("demo", {}),
+        ("demo", {"replicas": 2}),
+        ("demo", {"replicas": 2, "backendStore": EXTERNAL_DBS["backendStore"]}),
+        ("demo", {"replicas": 2, **EXTERNAL_DBS}),
+        ("demo", {"replicas": 2, **EXTERNAL_DBS, "artifacts": {"destination": "s3://b"}}),
+        ("demo", {"replicas": 2, **EXTERNAL_DBS, "storage": {"accessMode": "ReadWriteMany"}}),
+        ("demo", {"artifacts": {"proxied": False}}),
+        ("demo", {"artifacts": {"proxied": False, "destination": "gs://b/p"}}),
+        ("demo", {"ingress": {"tls": {"secretName": "t"}}}),
+        ("demo", {"ingress": {"enabled": True}}),
+        ("demo", {"ingress": {"enabled": True, "host": "a.example.com", "tls": {"secretName": "t"}}}),
+        ("Demo", {}),
+        ("a" * 41, {}),
+        ("a" * 40, {}),
+    ],
+)
+def test_cel_rules_accept_exactly_what_the_model_accepts(
+    crd: dict[str, Any], name: str, spec: dict[str, Any]
+) -> None:
+    root = _version(crd)["schema"]["openAPIV3Schema"]
+    obj = _apply_schema_defaults(
+        root, {"metadata": {"name": name, "namespace": "ns"}, "spec": copy.deepcopy(spec)}
+    )
+    api_server_rejects = _cel_failures(root, obj)
+    try:
+        names.validate_ref(model.ServerRef(name, "ns", "uid"))
+        model.parse_spec(spec)
+        model_rejects = None
+    except model.SpecError as error:
+        model_rejects = error.message
+    assert bool(api_server_rejects) == bool(model_rejects), (api_server_rejects, model_rejects)
+
+
+def test_crd_validates_against_the_kubernetes_schema(crd: dict[str, Any]) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(crd, "1.35.0", strict=True)
+
+
+@pytest.mark.parametrize("example", ["minimal.yaml", "production.yaml"])
+def test_examples_pass_the_crd_rules_and_the_model(crd: dict[str, Any], example: str) -> None:
+    body = yaml.safe_load((CRD_PATH.parents[1] / "examples" / example).read_text())
+    root = _version(crd)["schema"]["openAPIV3Schema"]
+    assert body["apiVersion"] == names.API_VERSION and body["kind"] == names.KIND
+    assert _cel_failures(root, _apply_schema_defaults(root, copy.deepcopy(body))) == []
+    model.parse_spec(body["spec"])

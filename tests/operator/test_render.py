@@ -143,3 +143,23 @@ def test_every_rendered_object_validates_against_kubernetes_schemas(
 
 def test_golden_files_have_no_stale_cases() -> None:
     assert {p.stem for p in GOLDEN.glob("*.yaml")} == set(CASES)
+
+
+def test_training_job_example_targets_the_minimal_servers_url_and_audience() -> None:
+    from mlflow_operator import names
+
+    ref, spec = _example("minimal.yaml")
+    server = parse_spec(spec)
+    docs = list(yaml.safe_load_all((EXAMPLES / "training-job.yaml").read_text()))
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[0], strict=True)
+    job = next(d for d in docs if d["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    (source,) = next(v for v in pod["volumes"] if "projected" in v)["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == names.audience(server, ref)
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == names.server_url(ref, server)
+    assert env["MLFLOW_TRACKING_AUTH"] == "k8s-token"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "mlflow-token")
+    assert env["MLFLOW_K8S_TOKEN_PATH"] == f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
+    assert job["metadata"]["namespace"] == ref.namespace  # the default allowed namespace
