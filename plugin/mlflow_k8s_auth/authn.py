@@ -83,7 +83,12 @@ def _review(token: str, claims: Claims) -> ReviewOutcome:
             try:
                 state.provisioner.sync(grant)
             except Exception as exc:
-                _logger.error("could not provision MLflow user %s: %s", grant.username, type(exc).__name__)
+                # Store exceptions can quote SQL parameters (password hashes): name the type only.
+                _logger.error(
+                    "could not provision MLflow user %s: %s (%s, caused by %s)",
+                    grant.username, type(exc).__name__, getattr(exc, "error_code", "-"),
+                    type(exc.__cause__).__name__ if exc.__cause__ else "-",
+                )
                 return Unavailable("user store")
     return outcome
 

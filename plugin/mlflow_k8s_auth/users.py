@@ -35,7 +35,10 @@ def _is_duplicate(exc: Exception) -> bool:
 
     if isinstance(exc, IntegrityError):
         return True
-    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_ALREADY_EXISTS"
+    # The store wraps a unique violation found at commit time as BAD_REQUEST.
+    return isinstance(exc, MlflowException) and (
+        exc.error_code == "RESOURCE_ALREADY_EXISTS" or isinstance(exc.__cause__, IntegrityError)
+    )
 
 
 class UserProvisioner:

@@ -37,8 +37,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def render_ini(database_uri: str, kubeconfig: Path | str, **k8s_auth: object) -> str:
-    settings = {"audiences": AUDIENCE, "allowed_namespaces": "*", "kubeconfig": str(kubeconfig), **k8s_auth}
+def render_ini(database_uri: str, kube_config: Path | str, **k8s_auth: object) -> str:
+    settings = {"audiences": AUDIENCE, "allowed_namespaces": "*", "kubeconfig": str(kube_config), **k8s_auth}
     lines = "\n".join(f"{key} = {value}" for key, value in settings.items())
     return textwrap.dedent(f"""\
         [mlflow]
