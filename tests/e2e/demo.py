@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mlflow-operator-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    p = Progress(total=6)
+    p = Progress(total=5)
     try:
         return _run(args, workdir, p)
     except KeyboardInterrupt:
@@ -93,11 +93,12 @@ def _run(args: argparse.Namespace, workdir: Path, p: Progress) -> int:
             p.info(f"job> {line}")
         if code != 0:
             raise RuntimeError(f"the example job failed with exit code {code}; see {workdir / 'logs'}")
-        p.info("logged run: a parameter and a metric, authenticated as "
-               f"system:serviceaccount:{namespace}:{job['spec']['template']['spec']['serviceAccountName']}")
+        sa_user = f"system:serviceaccount:{namespace}:{job['spec']['template']['spec']['serviceAccountName']}"
+        password_file = _save_admin_password(stack, namespace, status, workdir)
+        user = _mlflow_user(pod.url, password_file.read_text(), sa_user)
+        p.info(f"MLflow user {user['username']!r} (created at first login, admin={user['is_admin']})")
 
         p.step("MLflow is up")
-        password_file = _save_admin_password(stack, namespace, status, workdir)
         print(f"""
       MLflow UI:  {pod.url}      (what `kubectl port-forward svc/{name} 5000` gives you)
       log in as:  admin   password: in {password_file}
@@ -115,6 +116,17 @@ def _run(args: argparse.Namespace, workdir: Path, p: Progress) -> int:
             stack.check_operator()
             stack.cluster.sync(namespace, p.info)
             time.sleep(1)
+
+
+def _mlflow_user(url: str, admin_password: str, username: str) -> dict[str, Any]:
+    """Ask MLflow, as its admin, for the user the job's token was mapped to."""
+    import requests
+
+    resp = requests.get(f"{url}/api/2.0/mlflow/users/get", params={"username": username},
+                        auth=("admin", admin_password), timeout=10)
+    if resp.status_code != 200:
+        raise RuntimeError(f"MLflow has no user {username} (HTTP {resp.status_code})")
+    return dict(resp.json()["user"])
 
 
 def _save_admin_password(stack: Stack, namespace: str, status: dict[str, Any], workdir: Path) -> Path:

@@ -19,10 +19,11 @@ def test_demo_runs_the_sample_job_and_prints_how_to_log_in(tmp_path: Path) -> No
     )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    for step in range(1, 7):
-        assert f"[{step}/6]" in out
+    for step in range(1, 6):
+        assert f"[{step}/5]" in out
     assert "MLflow UI:  http://127.0.0.1:" in out
     assert "job> logged run" in out
+    assert "MLflow user 'system:serviceaccount:ml-team:trainer'" in out
     password_file = tmp_path / "admin-password"
     assert password_file.stat().st_mode & 0o777 == 0o600
     # the password itself is never printed, only where to find it
