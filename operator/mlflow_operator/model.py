@@ -16,9 +16,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 try:
@@ -133,9 +140,23 @@ class Toleration(_Model):
     toleration_seconds: int | None = None
 
 
+# Kubernetes resource.Quantity, as the CRD's pattern states it.
+_QUANTITY = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+_QUANTITY_RE = re.compile(_QUANTITY)
+
+
+def _check_quantity(value: str | int) -> str | int:
+    if isinstance(value, str) and not _QUANTITY_RE.match(value):
+        raise ValueError("must be a Kubernetes quantity such as 500m, 2 or 4Gi")
+    return value
+
+
+Quantity = Annotated[str | int, AfterValidator(_check_quantity)]
+
+
 class Resources(_Model):
-    requests: dict[str, str | int] = Field(default_factory=dict)
-    limits: dict[str, str | int] = Field(default_factory=dict)
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
 
 
 def _default_resources() -> Resources:

@@ -291,3 +291,76 @@ def test_examples_pass_the_crd_rules_and_the_model(crd: dict[str, Any], example:
     assert body["apiVersion"] == names.API_VERSION and body["kind"] == names.KIND
     assert _cel_failures(root, _apply_schema_defaults(root, copy.deepcopy(body))) == []
     model.parse_spec(body["spec"])
+
+
+# --- field validation: the schema and the model reject the same values ---------------
+# The API server validates a CR against the openAPIV3Schema (patterns, enums, bounds);
+# jsonschema applies the same keywords here. One difference is intended: the API server
+# prunes unknown fields silently, the model rejects them (typos in `render -f` files).
+
+SINGLE_FIELD_CASES = [
+    ({"replicas": 101}, False),
+    ({"replicas": -1}, False),
+    ({"replicas": 0}, True),
+    ({"imagePullPolicy": "Sometimes"}, False),
+    ({"image": ""}, False),
+    ({"resources": {"requests": {"cpu": "lots"}}}, False),
+    ({"resources": {"requests": {"cpu": "0.5", "memory": "1.5Gi"}, "limits": {"cpu": 2}}}, True),
+    ({"resources": {"requests": {"cpu": 0.5}}}, False),  # YAML float: quote it
+    ({"tolerations": [{"operator": "Maybe"}]}, False),
+    ({"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute",
+                       "tolerationSeconds": 30}]}, True),
+    ({"backendStore": {"uriSecretRef": {}}}, False),
+    ({"backendStore": {"uriSecretRef": {"name": ""}}}, False),
+    ({"artifacts": {"destination": "ftp://host/x"}}, False),
+    ({"artifacts": {"destination": "s3://"}}, False),
+    ({"artifacts": {"destination": "wasbs://c@acct.blob.core.windows.net/p"}}, True),
+    ({"artifacts": {"s3EndpointUrl": "minio:9000"}}, False),
+    ({"artifacts": {"s3EndpointUrl": "http://minio.storage.svc:9000"}}, True),
+    ({"auth": {"audience": ""}}, False),
+    ({"auth": {"allowedNamespaces": ["Team"]}}, False),
+    ({"auth": {"allowedNamespaces": ["*", "team-a"]}}, True),
+    ({"auth": {"adminServiceAccounts": ["team-a"]}}, False),
+    ({"auth": {"adminServiceAccounts": ["team-a:Bot"]}}, False),
+    ({"auth": {"adminServiceAccounts": ["team-a:ci.bot"]}}, True),
+    ({"auth": {"namespacePermissions": ["team-a:WRITE"]}}, False),
+    ({"auth": {"namespacePermissions": ["team-a:read"]}}, False),
+    ({"auth": {"namespacePermissions": ["team-a:NO_PERMISSIONS"]}}, True),
+    ({"auth": {"defaultPermission": "ADMIN"}}, False),
+    ({"auth": {"adminUsername": "has space"}}, False),
+    ({"auth": {"adminUsername": "root"}}, True),
+    ({"auth": {"authDatabase": {}}}, False),
+    ({"auth": {"tokenCacheTTLSeconds": 0}}, False),
+    ({"auth": {"tokenCacheTTLSeconds": 3601}}, False),
+    ({"auth": {"tokenReviewTimeoutSeconds": 61}}, False),
+    ({"server": {"workers": 0}}, False),
+    ({"server": {"workers": 65}}, False),
+    ({"server": {"extraEnv": [{"value": "no name"}]}}, False),
+    ({"server": {"extraEnv": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s",
+                                                                          "key": "k"}}}]}}, True),
+    ({"service": {"type": "ExternalName"}}, False),
+    ({"service": {"port": 0}}, False),
+    ({"service": {"port": 65536}}, False),
+    ({"ingress": {"host": "Bad_Host.example"}}, False),
+    ({"ingress": {"path": "mlflow"}}, False),
+    ({"ingress": {"tls": {}, "host": "a.example"}}, False),
+    ({"storage": {"size": "ten"}}, False),
+    ({"storage": {"size": "1.5Ti"}}, True),
+    ({"storage": {"accessMode": "ReadOnlyMany"}}, False),
+]
+
+
+@pytest.mark.parametrize(("spec", "valid"), SINGLE_FIELD_CASES)
+def test_schema_and_model_reject_the_same_field_values(
+    crd: dict[str, Any], spec: dict[str, Any], valid: bool
+) -> None:
+    import jsonschema
+
+    root = _version(crd)["schema"]["openAPIV3Schema"]
+    schema_errors = list(jsonschema.Draft7Validator(root).iter_errors({"spec": spec}))
+    assert (not schema_errors) == valid, [e.message for e in schema_errors]
+    if valid:
+        model.parse_spec(spec)
+    else:
+        with pytest.raises(model.SpecError):
+            model.parse_spec(spec)
