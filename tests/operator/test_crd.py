@@ -364,3 +364,40 @@ def test_schema_and_model_reject_the_same_field_values(
     else:
         with pytest.raises(model.SpecError):
             model.parse_spec(spec)
+
+
+def _unknown_keys(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Keys the API server would prune (not in the structural schema)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found: list[str] = []
+    if isinstance(value, dict) and "properties" in schema:
+        for key, sub in value.items():
+            if key not in schema["properties"]:
+                found.append(f"{path}.{key}")
+            else:
+                found += _unknown_keys(schema["properties"][key], sub, f"{path}.{key}")
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            found += _unknown_keys(schema["items"], item, f"{path}[]")
+    return found
+
+
+def test_the_status_the_operator_writes_fits_the_schema(crd: dict[str, Any]) -> None:
+    import jsonschema
+
+    from mlflow_operator import status
+
+    observation = status.Observation(
+        generation=3,
+        problem=status.Problem("MigrationFailed", "Job demo-migrate-1234abcd failed"),
+        migration=status.Migration("demo-migrate-1234abcd", "Failed"),
+        rollout=status.Rollout(desired=2, ready=1, updated=1, available=1),
+        url="http://demo.team-a.svc:5000",
+        audience="https://demo.team-a.svc",
+        admin_secret="demo-admin",
+    )
+    written = status.compute(observation)
+    schema = _version(crd)["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert _unknown_keys(schema, written) == []
+    jsonschema.Draft7Validator(schema).validate(written)
