@@ -8,10 +8,16 @@ Changing any of these renames live objects: treat them as API.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
-from urllib.parse import urlsplit, urlunsplit
 
-from mlflow_operator.model import MLflowServerSpec, ServerRef, SpecError, StoreUris
+from mlflow_operator.model import (
+    GeneratedSecrets,
+    MLflowServerSpec,
+    ServerRef,
+    SpecError,
+    StoreUris,
+)
 
 GROUP = "mlflow-operator.dev"
 VERSION = "v1alpha1"
@@ -106,31 +112,25 @@ def cluster_role_binding_name(ref: ServerRef) -> str:
     return f"mlflow-operator:{ref.namespace}:{ref.name}:auth-delegator"
 
 
-def migration_hash(spec: MLflowServerSpec, uris: StoreUris) -> str:
+def migration_hash(spec: MLflowServerSpec, uris: StoreUris, generated: GeneratedSecrets) -> str:
     """8 hex digits identifying what a migration Job migrates: image and databases.
 
-    Passwords are stripped before hashing: a rotated password needs no migration, and a
-    short hash of a password in an object name would help someone guessing it.
+    Any change of the database URIs, the password included, gives a new Job: a Job that
+    failed on a wrong password is retried once the Secret is fixed. The hash is keyed with
+    the Flask secret key (random, never regenerated), so this short value in an object
+    name cannot be used to test password guesses.
     """
-    backend = _without_password(uris.backend_store) if uris.backend_store else SQLITE_BACKEND_URI
-    auth_db = _without_password(uris.auth_database) if uris.auth_database else SQLITE_AUTH_URI
-    material = "\n".join((spec.server_image, backend, auth_db))
-    return hashlib.sha256(material.encode()).hexdigest()[:8]
+    backend = uris.backend_store or SQLITE_BACKEND_URI
+    auth_db = uris.auth_database or SQLITE_AUTH_URI
+    material = "\n".join((spec.server_image, backend, auth_db)).encode()
+    key = generated.flask_secret_key.encode()
+    return hmac.new(key, material, hashlib.sha256).hexdigest()[:8]
 
 
-def migration_job_name(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris) -> str:
-    return f"{ref.name}-migrate-{migration_hash(spec, uris)}"
-
-
-def _without_password(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}@" if parts.username else ""
-    return urlunsplit((parts.scheme, user + host, parts.path, "", ""))
+def migration_job_name(
+    ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris, generated: GeneratedSecrets
+) -> str:
+    return f"{ref.name}-migrate-{migration_hash(spec, uris, generated)}"
 
 
 def service_dns(ref: ServerRef) -> str:

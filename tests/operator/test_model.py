@@ -147,18 +147,25 @@ def test_object_names_the_children_cannot_carry_are_rejected(name: str) -> None:
     assert caught.value.reason == "InvalidName"
 
 
-def test_migration_job_name_follows_image_and_databases_not_passwords() -> None:
+def test_migration_job_name_follows_image_and_databases() -> None:
     spec = parse_spec({})
-    base = names.migration_job_name(REF, spec, StoreUris())
+    key = GeneratedSecrets(flask_secret_key="key")
+    base = names.migration_job_name(REF, spec, StoreUris(), key)
     assert base.startswith("demo-migrate-") and len(base) == len("demo-migrate-") + 8
-    assert names.migration_job_name(REF, spec, StoreUris()) == base
+    assert names.migration_job_name(REF, spec, StoreUris(), key) == base
     new_image = parse_spec({"image": "example.com/mlflow:next"})
-    assert names.migration_job_name(REF, new_image, StoreUris()) != base
+    assert names.migration_job_name(REF, new_image, StoreUris(), key) != base
     pg = StoreUris(backend_store="postgresql://u:one@db:5432/mlflow")
-    rotated = StoreUris(backend_store="postgresql://u:two@db:5432/mlflow")
+    fixed_password = StoreUris(backend_store="postgresql://u:two@db:5432/mlflow")
     other_db = StoreUris(backend_store="postgresql://u:one@db:5432/other")
-    assert names.migration_job_name(REF, spec, pg) != base
-    assert names.migration_job_name(REF, spec, pg) == names.migration_job_name(REF, spec, rotated)
-    assert names.migration_job_name(REF, spec, pg) != names.migration_job_name(REF, spec, other_db)
+    jobs = {names.migration_job_name(REF, spec, uris, key) for uris in (pg, fixed_password, other_db)}
+    assert len(jobs) == 3 and base not in jobs  # a Job that failed on a bad password is retried
     longest = ServerRef("a" * names.MAX_NAME_LENGTH, "ns", "uid")
-    assert len(names.migration_job_name(longest, spec, pg)) <= 63
+    assert len(names.migration_job_name(longest, spec, pg, key)) <= 63
+
+
+def test_migration_hash_is_keyed() -> None:
+    spec, pg = parse_spec({}), StoreUris(backend_store="postgresql://u:guess@db/mlflow")
+    one = names.migration_hash(spec, pg, GeneratedSecrets(flask_secret_key="one"))
+    two = names.migration_hash(spec, pg, GeneratedSecrets(flask_secret_key="two"))
+    assert one != two

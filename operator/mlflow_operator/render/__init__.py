@@ -76,7 +76,7 @@ def render_all(
         render_ingress(ref, spec),
         render_network_policy(ref, spec),
         render_pdb(ref, spec),
-        render_migration_job(ref, spec, uris),
+        render_migration_job(ref, spec, uris, generated),
         render_deployment(ref, spec, checksum),
     ]
     return [obj for obj in objects if obj is not None]

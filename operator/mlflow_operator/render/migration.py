@@ -3,8 +3,8 @@
 Two steps, no shell: an init container upgrades MLflow's tracking schema, then the main
 container upgrades the auth schema. Database URIs reach them as environment variables from
 the config Secret and are expanded by the kubelet (`$(VAR)`), so they never appear in the
-Job's spec. The name carries a hash of image and databases: a new image or a different
-database gets a new Job, the same ones re-use the finished Job.
+Job's spec. The name carries a keyed hash of image and database URIs: a new image, database or
+password gets a new Job; the same ones re-use the finished Job.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlflow_operator import names
-from mlflow_operator.model import MLflowServerSpec, ServerRef, StoreUris
+from mlflow_operator.model import GeneratedSecrets, MLflowServerSpec, ServerRef, StoreUris
 from mlflow_operator.render import pod
 from mlflow_operator.render.common import Manifest, metadata
 
@@ -58,9 +58,11 @@ def _affinity(ref: ServerRef, spec: MLflowServerSpec) -> dict[str, Any] | None:
     return affinity or None
 
 
-def render_migration_job(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris) -> Manifest:
+def render_migration_job(
+    ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris, generated: GeneratedSecrets
+) -> Manifest:
     config = names.config_secret_name(ref)
-    migration_hash = names.migration_hash(spec, uris)
+    migration_hash = names.migration_hash(spec, uris, generated)
     tracking = _container(
         "migrate-tracking", spec, ["mlflow", "db", "upgrade", f"$({BACKEND_ENV})"],
         pod.secret_env(BACKEND_ENV, config, names.BACKEND_URI_KEY),
@@ -88,7 +90,7 @@ def render_migration_job(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata(
-            ref, names.migration_job_name(ref, spec, uris), "migration",
+            ref, names.migration_job_name(ref, spec, uris, generated), "migration",
             labels={MIGRATION_HASH_LABEL: migration_hash},
         ),
         "spec": {
