@@ -36,6 +36,7 @@ import yaml
 from kmock._internal import apps
 
 from tests.support import kubeproto as kp
+from tests.support import protobuf
 from tests.support.harness import KubeHelpers
 from tests.support.kubeproto import ApiError
 from tests.support.tokenreview import TokenReviewer
@@ -299,8 +300,9 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
         obj['apiVersion'], obj['kind'] = _api_version(res), info.kind
         if 'status' in info.subresources:
             obj.pop('status', None)  # GAP: status only via /status
-        if res == kmock.resource('v1/namespaces'):
-            obj['status'] = {'phase': 'Active'}
+        obj.update(_initial_status(res, obj))  # GAP: what the controllers would report at once
+        if res == kmock.resource('v1/secrets') and not obj.get('type'):
+            obj['type'] = 'Opaque'  # API defaulting
         for stale in ('deletionTimestamp', 'deletionGracePeriodSeconds', 'uid', 'creationTimestamp'):
             meta.pop(stale, None)
         # GAP: the server stamps identity and versioning metadata.
@@ -591,6 +593,21 @@ def _seen_as(change: _Change, wanted: Any) -> dict[str, Any] | None:
     return event if now else None
 
 
+def _initial_status(res: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
+    if res == kmock.resource('v1/namespaces'):
+        return {'status': {'phase': 'Active'}}
+    if res == kmock.resource('apiextensions.k8s.io/v1/customresourcedefinitions'):
+        now = kp.now_rfc3339()
+        spec = obj.get('spec') or {}
+        return {'status': {
+            'acceptedNames': spec.get('names') or {},
+            'storedVersions': [v['name'] for v in spec.get('versions') or [] if v.get('storage')],
+            'conditions': [{'type': kind, 'status': 'True', 'reason': reason, 'lastTransitionTime': now}
+                           for kind, reason in (('NamesAccepted', 'NoConflicts'),
+                                                ('Established', 'InitialNamesAccepted'))]}}
+    return {}
+
+
 def _api_version(res: kmock.resource) -> str:
     return f'{res.group}/{res.version}' if res.group else str(res.version)
 
@@ -613,6 +630,14 @@ def _action(path: kp.ApiPath | None, method: str, watch: str | None) -> kmock.ac
 def _decode(raw: aiohttp.web.BaseRequest, body: bytes) -> Any:
     if not body:
         return None
+    if raw.content_type == 'application/vnd.kubernetes.protobuf':
+        # GAP: client-go's typed clients (kubectl create <kind>, helm's release
+        # Secrets) write protobuf; the kinds they write are decoded, others are a 415.
+        decoded = protobuf.decode(body)
+        if decoded is None:
+            raise ApiError(415, 'UnsupportedMediaType', 'the emulator decodes protobuf only for '
+                           f'{", ".join(protobuf.KINDS)}; send application/json')
+        return decoded
     try:
         if raw.content_type == 'application/apply-patch+yaml':
             return yaml.safe_load(body)
