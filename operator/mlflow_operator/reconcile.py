@@ -97,7 +97,8 @@ def _stale(ref: ServerRef, objects: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def _apply_and_gate(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec, objects: list[dict[str, Any]],
-                    known: dict[str, dict[str, Any] | None]) -> tuple[ApplyResult, st.Migration | None, st.Rollout, list[str]]:
+                    known: dict[str, dict[str, Any] | None], spec_changed: bool,
+                    ) -> tuple[ApplyResult, st.Migration | None, st.Rollout, list[str]]:
     before, rollout_objs, job_name = _split(objects)
     result = apply_all(api, before, known=known)
     migration = st.Migration.from_job(job_name, result.live.get(f"Job/{job_name}")) if job_name else None
@@ -107,7 +108,9 @@ def _apply_and_gate(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec, object
     else:
         # The rollout waits for the migration; an older Deployment keeps serving meanwhile.
         deployment = api.get(DEPLOYMENT, ref.namespace, names.deployment_name(ref))
-    deleted = prune(api, _stale(ref, objects), ref.uid)
+    # An optional object can only become stale through a spec change (or a change the
+    # operator has not finished handling, as after a restart): skip the reads otherwise.
+    deleted = prune(api, _stale(ref, objects), ref.uid) if spec_changed else []
     return result, migration, st.Rollout.from_deployment(spec.replicas, deployment), deleted
 
 
@@ -128,7 +131,9 @@ def run(api: KubeApi, body: Mapping[str, Any]) -> Outcome:
         check_user_secrets(api, ref, spec)
         generated = load_generated(api, ref, spec, known)
         objects = render_all(ref, spec, generated, uris)
-        result, migration, rollout, deleted = _apply_and_gate(api, ref, spec, objects, known)
+        spec_changed = previous.get("observedGeneration") != generation \
+            or st.condition(previous, st.DEGRADED).get("status") != "False"
+        result, migration, rollout, deleted = _apply_and_gate(api, ref, spec, objects, known, spec_changed)
     except secrets.MissingSecret as exc:
         return _finish(previous, st.Observation(generation, problem=st.Problem(exc.reason, str(exc)), **identity))
     except SpecError as exc:  # render-time checks (e.g. a URI scheme the server cannot use)

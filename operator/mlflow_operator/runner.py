@@ -32,7 +32,7 @@ def build(options: Options) -> tuple[kopf.OperatorRegistry, kopf.OperatorSetting
     settings = kopf.OperatorSettings()
     configure(settings, options)
     try:
-        api = KubeApi.from_environment(pool_size=options.api_pool_size)
+        api = KubeApi.from_environment(pool_size=options.api_pool_size or options.worker_limit + 4)
     except kubernetes.config.ConfigException as exc:
         raise NoCredentials(f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({exc})") from None
     memo = handlers.make_memo(api, options)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.operator import rbac_record
-from tests.operator.conftest import CR, OperatorProcess, server_manifest, wait_for
+from tests.operator.harness import CR, OperatorProcess, server_manifest, wait_for
 
 NS = "team-a"
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
