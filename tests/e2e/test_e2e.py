@@ -164,8 +164,10 @@ def test_changing_allowed_namespaces_rolls_the_server_and_enforces_the_new_polic
     new_status, new_pod = stack.bring_up(NS, NAME)
     assert new_pod.revision != pod.revision
     assert pod.running.proc.poll() is not None  # the old pod is gone
+    # its own experiment: the default permission (READ) does not let it write into team-a's
     verdict = stack.run_job(OTHER_NS, "train-allowed-now", service_account="trainer",
-                            tracking_uri=new_status["url"], audience=new_status["audience"])
+                            tracking_uri=new_status["url"], audience=new_status["audience"],
+                            experiment="team-b-training")
     assert verdict["ok"], verdict
 
 
