@@ -52,7 +52,7 @@ MANAGED_FLAGS: frozenset[str] = frozenset({
     "--backend-store-uri", "--registry-store-uri", "--default-artifact-root",
     "--artifacts-destination", "--serve-artifacts", "--no-serve-artifacts",
     "--allowed-hosts", "--expose-prometheus", "--dev", "--gunicorn-opts",
-    "--waitress-opts", "--artifacts-only", "--disable-security-middleware",
+    "--waitress-opts", "--artifacts-only", "--disable-security-middleware", "--static-prefix",
 })
 MANAGED_ENV: frozenset[str] = frozenset({
     "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_FLASK_SERVER_SECRET_KEY",
@@ -61,7 +61,7 @@ MANAGED_ENV: frozenset[str] = frozenset({
     "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_DEFAULT_ARTIFACT_ROOT",
     "MLFLOW_SERVE_ARTIFACTS", "MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_HOST",
     "MLFLOW_PORT", "MLFLOW_WORKERS", "MLFLOW_S3_ENDPOINT_URL",
-    "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE",
+    "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE", "MLFLOW_STATIC_PREFIX",
 })
 
 
@@ -234,6 +234,7 @@ class Server(_Model):
     extra_args: list[str] = Field(default_factory=list, max_length=64)
     extra_env: list[EnvVar] = Field(default_factory=list, max_length=128)
     expose_metrics: bool = False
+    static_prefix: str | None = Field(default=None, pattern=r"^/[^{}]*[^/{}]$", max_length=256)
     cluster_domain: str = Field(default="cluster.local", pattern=rf"^{_DNS_SUBDOMAIN}$")
 
     @model_validator(mode="after")

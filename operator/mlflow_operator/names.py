@@ -147,16 +147,20 @@ def service_hostnames(ref: ServerRef, spec: MLflowServerSpec) -> list[str]:
 
 def server_url(ref: ServerRef, spec: MLflowServerSpec) -> str:
     """In-cluster tracking URI for jobs (`MLFLOW_TRACKING_URI`)."""
-    return f"http://{service_dns(ref)}:{spec.service.port}"
+    prefix = spec.server.static_prefix or ""
+    return f"http://{service_dns(ref)}:{spec.service.port}{prefix}"
 
 
 def external_url(spec: MLflowServerSpec) -> str | None:
-    """URL through the Ingress, when one is enabled."""
+    """URL through the Ingress, when one is enabled.
+
+    The Ingress passes paths through unchanged, so the server's own prefix (not the
+    Ingress path, which only selects what is routed) is the URL's path.
+    """
     if not spec.ingress.enabled or not spec.ingress.host:
         return None
     scheme = "https" if spec.ingress.tls else "http"
-    path = spec.ingress.path.rstrip("/")
-    return f"{scheme}://{spec.ingress.host}{path}"
+    return f"{scheme}://{spec.ingress.host}{spec.server.static_prefix or ''}"
 
 
 def audience(spec: MLflowServerSpec, ref: ServerRef) -> str:

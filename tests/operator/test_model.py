@@ -51,7 +51,11 @@ def test_explicit_values_win_over_computed_defaults() -> None:
     })
     assert names.audience(spec, REF) == "mlflow"
     assert names.allowed_namespaces(spec, REF) == ["*"]
-    assert names.external_url(spec) == "https://ml.example.com/mlflow"
+    assert names.external_url(spec) == "https://ml.example.com"
+    prefixed = parse_spec({**spec.model_dump(by_alias=True, exclude_none=True),
+                           "server": {"staticPrefix": "/mlflow"}})
+    assert names.external_url(prefixed) == "https://ml.example.com/mlflow"
+    assert names.server_url(REF, prefixed) == "http://demo.team-a.svc:5000/mlflow"
 
 
 def test_kopf_style_read_only_mappings_are_accepted() -> None:
@@ -97,6 +101,9 @@ EXTERNAL = {
         ({"server": {"extraArgs": ["--workers", "8"]}}, "ConflictingServerArgs", "--workers"),
         ({"server": {"extraArgs": ["--backend-store-uri=sqlite://"]}}, "ConflictingServerArgs",
          "--backend-store-uri"),
+        ({"server": {"extraArgs": ["--static-prefix=/x"]}}, "ConflictingServerArgs",
+         "--static-prefix"),
+        ({"server": {"staticPrefix": "/mlflow/"}}, "InvalidSpec", "spec.server.staticPrefix"),
         ({"server": {"extraEnv": [{"name": "MLFLOW_AUTH_CONFIG_PATH", "value": "/x"}]}},
          "ConflictingServerEnv", "MLFLOW_AUTH_CONFIG_PATH"),
         ({"replicas": -1}, "InvalidSpec", "spec.replicas"),

@@ -100,7 +100,8 @@ CASES: dict[str, Case] = {
             "server": {
                 "workers": 1,
                 "allowedHosts": ["mlflow.research.internal"],
-                "extraArgs": ["--static-prefix=/mlflow"],
+                "staticPrefix": "/mlflow",
+                "extraArgs": ["--cors-allowed-origins=https://notebooks.research.internal"],
                 "extraEnv": [{"name": "MLFLOW_LOGGING_LEVEL", "value": "DEBUG"}],
                 "clusterDomain": "corp.local",
             },

@@ -214,6 +214,10 @@ def test_server_args_parse_with_mlflows_own_cli(name: str) -> None:
         assert params["serve_artifacts"] is False
         assert params["default_artifact_root"] == spec.artifacts.destination
     assert (params["expose_prometheus"] is not None) == spec.server.expose_metrics
+    assert params["static_prefix"] == spec.server.static_prefix
+    prefix = spec.server.static_prefix or ""
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == f"{prefix}/health"
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

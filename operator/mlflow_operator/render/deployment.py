@@ -50,6 +50,8 @@ def server_args(ref: ServerRef, spec: MLflowServerSpec) -> list[str]:
         "--allowed-hosts", ",".join(allowed_hosts(ref, spec)),
         *_artifact_args(spec),
     ]
+    if spec.server.static_prefix:
+        args += ["--static-prefix", spec.server.static_prefix]
     if spec.server.expose_metrics:
         args += ["--expose-prometheus", METRICS_DIR]
     return args + list(spec.server.extra_args)
@@ -74,10 +76,11 @@ def _env(ref: ServerRef, spec: MLflowServerSpec) -> list[dict[str, Any]]:
     return env + [e.model_dump(by_alias=True, exclude_none=True) for e in spec.server.extra_env]
 
 
-def _probe(period: int, failures: int) -> dict[str, Any]:
-    # /health is served without authentication and exempt from host validation.
+def _probe(spec: MLflowServerSpec, period: int, failures: int) -> dict[str, Any]:
+    # /health is served without authentication and exempt from host validation; with a
+    # static prefix it moves under the prefix.
     return {
-        "httpGet": {"path": "/health", "port": "http"},
+        "httpGet": {"path": f"{spec.server.static_prefix or ''}/health", "port": "http"},
         "periodSeconds": period,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
@@ -102,9 +105,9 @@ def _container(ref: ServerRef, spec: MLflowServerSpec) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": names.SERVER_PORT, "protocol": "TCP"}],
         # MLflow imports for several seconds per worker; the startup probe allows 5 minutes
         # so liveness never kills a slow first start.
-        "startupProbe": _probe(period=5, failures=60),
-        "readinessProbe": _probe(period=10, failures=3),
-        "livenessProbe": _probe(period=20, failures=6),
+        "startupProbe": _probe(spec, period=5, failures=60),
+        "readinessProbe": _probe(spec, period=10, failures=3),
+        "livenessProbe": _probe(spec, period=20, failures=6),
         "resources": pod.resources(spec),
         "securityContext": pod.container_security_context(),
         "volumeMounts": mounts,
