@@ -1,4 +1,9 @@
-"""Synchronous, thread-safe helpers of the ``kube`` fixture (mixed into KubeEmulator).
+"""Serving from a thread, and the sync helpers of the ``kube`` fixture (a KubeEmulator mixin).
+
+``KubeEmulator().start()`` serves real HTTP on 127.0.0.1 (a free port unless
+``port=`` is given) from a daemon thread running its own event loop;
+``stop()`` ends open watches and shuts it down. Any process can reach
+``kube.url``.
 
 Every helper runs on the emulator's own event loop (the server thread), so
 it is safe from sync tests, async tests (any loop) and fixture code alike,
@@ -37,6 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import aiohttp.web
 import kmock
 import yaml
 
@@ -52,6 +58,51 @@ ADMIN_TOKEN = 'emulator-admin-token'  # any non-empty bearer is accepted
 
 
 class KubeHelpers:
+
+    # ---- a real HTTP server on its own loop in a background thread ----
+
+    @property
+    def url(self: KubeEmulator) -> str:
+        return f'http://{self.host}:{self.port}'
+
+    def start(self: KubeEmulator) -> KubeEmulator:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve(ready, failure)),
+                                        name='kube-emulator', daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self: KubeEmulator) -> None:
+        if self._loop is not None and self._stop_event is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        if self._thread is not None:
+            self._thread.join(30)
+        self._loop = self._thread = self._stop_event = None
+
+    async def _serve(self: KubeEmulator, ready: threading.Event, failure: list[BaseException]) -> None:
+        try:
+            self._loop, self._stop_event = asyncio.get_running_loop(), asyncio.Event()
+            async with self:
+                server = aiohttp.web.Server(self, access_log=None, handler_cancellation=True)
+                runner = aiohttp.web.ServerRunner(server, shutdown_timeout=2)
+                await runner.setup()
+                site = aiohttp.web.TCPSite(runner, self.host, self.port)
+                await site.start()
+                self.port = runner.addresses[0][1]
+                ready.set()
+                await self._stop_event.wait()
+                for watcher in self._watchers:
+                    watcher.queue.put_nowait(None)
+                await runner.cleanup()
+        except BaseException as exc:  # surfaced by start()
+            failure.append(exc)
+            ready.set()
+
+    # ---- sync helpers ----
 
     def _sync(self: KubeEmulator, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._loop is None:

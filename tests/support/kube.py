@@ -4,14 +4,19 @@
 declarations (``kube.resources``) and reaction DSL (``kube['post /apis/...'] << 500``
 answers before the built-in behaviour), and replaces the request routing to
 behave like kube-apiserver where Kopf, the ``kubernetes`` client and kubectl
-need it. Each filled gap is marked ``GAP:`` below. Served over real HTTP on
-127.0.0.1 from a background thread (``start()``/``stop()``; see
-``tests.support.harness`` for the sync helpers the ``kube`` fixture offers).
+need it. Each filled gap is marked ``GAP:`` here and in the mixins
+(``kubewatch``: watch semantics; ``kubediscovery``: declared resources and
+discovery; ``harness``: serving from a thread and the sync helpers of the
+``kube`` fixture; ``tokenreview``: TokenReview).
 
 Not emulated (do not rely on them): controllers (no garbage collection by
-owner references, no Deployment/Job status — use the harness helpers), OpenAPI
-(kubectl needs ``--validate=false``), protobuf, field ownership of server-side
-apply (it is approximated as create-or-merge), admission, RBAC authorization.
+owner references, no namespace deletion cascade, no Deployment/Job status —
+use the harness helpers), OpenAPI (kubectl needs ``--validate=false``, helm
+``--disable-openapi-validation``), protobuf beyond the kinds in
+``tests.support.protobuf``, field ownership of server-side apply (approximated
+as create-or-merge-patch), the ``scale`` subresource, admission, RBAC
+authorization (any non-empty bearer token is accepted), pagination (lists
+come whole).
 """
 from __future__ import annotations
 
@@ -20,11 +25,9 @@ import collections
 import copy
 import json
 import logging
-import re
 import secrets
 import threading
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp.web
@@ -35,58 +38,23 @@ import kmock
 import yaml
 from kmock._internal import apps
 
+from tests.support import kubediscovery, protobuf
 from tests.support import kubeproto as kp
-from tests.support import protobuf
 from tests.support.harness import KubeHelpers
+from tests.support.kubediscovery import DiscoveryMixin
 from tests.support.kubeproto import ApiError
+from tests.support.kubewatch import Change, WatchMixin, Watcher
 from tests.support.tokenreview import TokenReviewer
 
 log = logging.getLogger(__name__)
 
-_ALL_VERBS = ['create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch']
-TOKENREVIEWS = kmock.resource('authentication.k8s.io', 'v1', 'tokenreviews')
-
-# (group/version/plural, kind, namespaced, short names, subresources)
-RESOURCES: list[tuple[str, str, bool, tuple[str, ...], tuple[str, ...]]] = [
-    ('v1/namespaces', 'Namespace', False, ('ns',), ('status',)),
-    ('v1/serviceaccounts', 'ServiceAccount', True, ('sa',), ()),
-    ('v1/secrets', 'Secret', True, (), ()),
-    ('v1/configmaps', 'ConfigMap', True, ('cm',), ()),
-    ('v1/services', 'Service', True, ('svc',), ('status',)),
-    ('v1/persistentvolumeclaims', 'PersistentVolumeClaim', True, ('pvc',), ('status',)),
-    ('v1/events', 'Event', True, ('ev',), ()),
-    ('v1/pods', 'Pod', True, ('po',), ('status',)),
-    ('apps/v1/deployments', 'Deployment', True, ('deploy',), ('status',)),
-    ('batch/v1/jobs', 'Job', True, (), ('status',)),
-    ('networking.k8s.io/v1/ingresses', 'Ingress', True, ('ing',), ('status',)),
-    ('networking.k8s.io/v1/networkpolicies', 'NetworkPolicy', True, ('netpol',), ()),
-    ('policy/v1/poddisruptionbudgets', 'PodDisruptionBudget', True, ('pdb',), ('status',)),
-    ('rbac.authorization.k8s.io/v1/clusterroles', 'ClusterRole', False, (), ()),
-    ('rbac.authorization.k8s.io/v1/clusterrolebindings', 'ClusterRoleBinding', False, (), ()),
-    ('rbac.authorization.k8s.io/v1/roles', 'Role', True, (), ()),
-    ('rbac.authorization.k8s.io/v1/rolebindings', 'RoleBinding', True, (), ()),
-    ('coordination.k8s.io/v1/leases', 'Lease', True, (), ()),
-    ('apiextensions.k8s.io/v1/customresourcedefinitions', 'CustomResourceDefinition', False,
-     ('crd', 'crds'), ('status',)),
-    ('events.k8s.io/v1/events', 'Event', True, ('ev',), ()),
-    ('mlflow-operator.dev/v1alpha1/mlflowservers', 'MLflowServer', True, ('mlflow',), ('status',)),
-]
+TOKENREVIEWS = kubediscovery.TOKENREVIEWS
 
 _GENERATE_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789'  # apimachinery's SimpleNameGenerator
 
 
-# A watch event plus the object's previous state (to see selector transitions).
-_Change = tuple[dict[str, Any], dict[str, Any] | None]
-
-
-@dataclass(eq=False)
-class _Watcher:
-    resource: kmock.resource
-    queue: asyncio.Queue[_Change | None] = field(default_factory=asyncio.Queue)
-
-
 @attrs.define(kw_only=True)
-class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
+class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmulator):
     request_log_limit: int = 300  # GAP: kmock scans its whole request log on every request
     event_log_limit: int = 10000  # watch history kept for ?resourceVersion=; older -> 410
     host: str = '127.0.0.1'
@@ -95,9 +63,9 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
     tokenreview: TokenReviewer = attrs.field(init=False)
     _rv: int = attrs.field(default=0, init=False)
     _compacted_rv: int = attrs.field(default=0, init=False)
-    _events: collections.deque[tuple[int, kmock.resource, _Change]] = attrs.field(
+    _events: collections.deque[tuple[int, kmock.resource, Change]] = attrs.field(
         factory=collections.deque, init=False)
-    _watchers: set[_Watcher] = attrs.field(factory=set, init=False)
+    _watchers: set[Watcher] = attrs.field(factory=set, init=False)
     _served: int = attrs.field(default=0, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
@@ -106,12 +74,7 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         # Deliberately not calling kmock's post-init: its fallback reactions are
         # replaced by _route() (also avoids scanning the request log for them).
-        for key, kind, namespaced, short, subs in RESOURCES:
-            self.resources[key] = kmock.ResourceInfo(
-                kind=kind, singular=kind.lower(), namespaced=namespaced, verbs=_ALL_VERBS,
-                shortnames=short, subresources=subs)
-        self.resources[TOKENREVIEWS] = kmock.ResourceInfo(
-            kind='TokenReview', singular='tokenreview', namespaced=False, verbs=['create'])
+        kubediscovery.declare(self.resources)
         self.tokenreview = TokenReviewer(
             service_account_uid=lambda ns, n: self._uid_of('v1/serviceaccounts', ns, n),
             pod_uid=lambda ns, n: self._uid_of('v1/pods', ns, n))
@@ -238,15 +201,6 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
     def _next_rv(self) -> str:
         self._rv += 1
         return str(self._rv)
-
-    def _emit(self, res: kmock.resource, kind: str, obj: dict[str, Any], prev: dict[str, Any] | None = None) -> None:
-        change: _Change = ({'type': kind, 'object': obj}, prev)
-        self._events.append((self._rv, res, change))
-        while len(self._events) > self.event_log_limit:
-            self._compacted_rv = self._events.popleft()[0]
-        for watcher in self._watchers:
-            if watcher.resource == res:
-                watcher.queue.put_nowait(change)
 
     def _info(self, res: kmock.resource) -> kmock.ResourceInfo:
         return self.resources[res]
@@ -422,177 +376,6 @@ class KubeEmulator(KubeHelpers, kmock.KubernetesEmulator):
         self._emit(res, 'DELETED', gone)
         return gone
 
-    # ---- watch -------------------------------------------------------------------
-
-    async def _watch(self, raw: aiohttp.web.BaseRequest, res: kmock.resource, ns: str | None,
-                     name: str | None) -> aiohttp.web.StreamResponse:
-        # GAP: watches honour resourceVersion, selectors, timeoutSeconds; JSON content type.
-        q = raw.query
-        labels, fields = kp.label_selector(q.get('labelSelector')), kp.field_selector(q.get('fieldSelector'))
-
-        def wanted(obj: dict[str, Any]) -> bool:
-            meta = obj.get('metadata') or {}
-            return ((ns is None or meta.get('namespace') == ns) and (name is None or meta.get('name') == name)
-                    and labels(obj) and fields(obj))
-
-        since = q.get('resourceVersion', '')
-        initial_events = q.get('sendInitialEvents') == 'true'
-        if since not in ('', '0') and not since.isdigit():
-            raise ApiError(400, 'BadRequest', f'invalid resource version: {since!r}')
-        watcher = _Watcher(res)
-        self._watchers.add(watcher)  # registered in the same loop step as the snapshot below
-        try:
-            if since in ('', '0') or initial_events:
-                backlog = [{'type': 'ADDED', 'object': o} for o in self._objects_of(res, ns) if wanted(o)]
-            elif int(since) < self._compacted_rv:
-                backlog = [{'type': 'ERROR', 'object': ApiError(
-                    410, 'Expired', f'too old resource version: {since} ({self._rv})').status()}]
-            else:
-                backlog = [e for rv, r, c in self._events if r == res and rv > int(since) and (e := _seen_as(c, wanted))]
-            if initial_events:
-                backlog.append(self._bookmark(res, initial_end=True))
-            response = aiohttp.web.StreamResponse(status=200)
-            response.content_type = 'application/json'
-            response.enable_chunked_encoding()
-            await response.prepare(raw)
-            for event in backlog:
-                await response.write(json.dumps(event).encode() + b'\n')
-            if backlog and backlog[0]['type'] == 'ERROR':
-                await response.write_eof()
-                return response
-            await self._stream_events(response, watcher, wanted, float(q.get('timeoutSeconds') or 1800))
-            if q.get('allowWatchBookmarks') == 'true':
-                await response.write(json.dumps(self._bookmark(res)).encode() + b'\n')
-            await response.write_eof()
-            return response
-        finally:
-            self._watchers.discard(watcher)
-
-    async def _stream_events(self, response: aiohttp.web.StreamResponse, watcher: _Watcher,
-                             wanted: Any, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                change = await asyncio.wait_for(watcher.queue.get(), remaining)
-            except TimeoutError:
-                return
-            if change is None:  # the server is stopping
-                return
-            if seen := _seen_as(change, wanted):
-                await response.write(json.dumps(seen).encode() + b'\n')
-
-    def _bookmark(self, res: kmock.resource, initial_end: bool = False) -> dict[str, Any]:
-        meta: dict[str, Any] = {'resourceVersion': str(self._rv)}
-        if initial_end:
-            meta['annotations'] = {'k8s.io/initial-events-end': 'true'}
-        return {'type': 'BOOKMARK', 'object': {'kind': self._info(res).kind, 'apiVersion': _api_version(res),
-                                               'metadata': meta}}
-
-    # ---- discovery ---------------------------------------------------------------
-
-    async def _discovery(self, request: kmock.Request, path: str) -> dict[str, Any]:
-        path = '/' + path.strip('/')
-        if path == '/':
-            return await self._serve_root(request)
-        if path == '/version':
-            return {'major': '1', 'minor': '35', 'gitVersion': 'v1.35.0', 'platform': 'linux/amd64'}
-        if path == '/api':
-            return {'kind': 'APIVersions', 'versions': ['v1']}
-        if path == '/apis':
-            return await self._serve_apis(request)
-        found = re.fullmatch(r'/api/([^/]+)|/apis/([^/]+)(?:/([^/]+))?', path)
-        if found and found.group(1):
-            return self._resource_list('', found.group(1))
-        if found and found.group(3):
-            return self._resource_list(found.group(2), found.group(3))
-        if found:
-            return self._group(found.group(2))
-        raise ApiError(404, 'NotFound', 'the server could not find the requested resource')
-
-    def _group(self, group: str) -> dict[str, Any]:
-        versions = sorted({r.version for r in self.resources if r.group == group})
-        if not versions:
-            raise ApiError(404, 'NotFound', 'the server could not find the requested resource')
-        entries = [{'groupVersion': f'{group}/{v}', 'version': v} for v in versions]
-        return {'kind': 'APIGroup', 'apiVersion': 'v1', 'name': group,
-                'versions': entries, 'preferredVersion': entries[0]}
-
-    def _resource_list(self, group: str, version: str) -> dict[str, Any]:
-        # GAP: core groupVersion is "v1" (not "/v1"); subresources carry no short names.
-        entries: list[dict[str, Any]] = []
-        for res in self.resources:
-            if res.group != group or res.version != version:
-                continue
-            info = self.resources[res]
-            entries.append({'name': res.plural, 'singularName': info.singular or '', 'namespaced': bool(info.namespaced),
-                            'kind': info.kind, 'verbs': sorted(info.verbs), 'shortNames': sorted(info.shortnames)})
-            entries.extend({'name': f'{res.plural}/{sub}', 'singularName': '', 'namespaced': bool(info.namespaced),
-                            'kind': info.kind, 'verbs': ['get', 'patch', 'update']} for sub in sorted(info.subresources))
-        if not entries:
-            raise ApiError(404, 'NotFound', 'the server could not find the requested resource')
-        return {'kind': 'APIResourceList', 'apiVersion': 'v1',
-                'groupVersion': f'{group}/{version}' if group else version, 'resources': entries}
-
-    # ---- lifecycle: a real HTTP server on its own loop in a background thread ------
-
-    @property
-    def url(self) -> str:  # type: ignore[override]
-        return f'http://{self.host}:{self.port}'
-
-    def start(self) -> KubeEmulator:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve(ready, failure)),
-                                        name='kube-emulator', daemon=True)
-        self._thread.start()
-        ready.wait(30)
-        if failure:
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop_event is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
-        if self._thread is not None:
-            self._thread.join(30)
-        self._loop = self._thread = self._stop_event = None
-
-    async def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        try:
-            self._loop, self._stop_event = asyncio.get_running_loop(), asyncio.Event()
-            async with self:
-                server = aiohttp.web.Server(self, access_log=None, handler_cancellation=True)
-                runner = aiohttp.web.ServerRunner(server, shutdown_timeout=2)
-                await runner.setup()
-                site = aiohttp.web.TCPSite(runner, self.host, self.port)
-                await site.start()
-                self.port = runner.addresses[0][1]
-                ready.set()
-                await self._stop_event.wait()
-                for watcher in self._watchers:
-                    watcher.queue.put_nowait(None)
-                await runner.cleanup()
-        except BaseException as exc:  # surfaced by start()
-            failure.append(exc)
-            ready.set()
-
-
-def _seen_as(change: _Change, wanted: Any) -> dict[str, Any] | None:
-    # GAP: through a selector, an object that starts matching is ADDED and one
-    # that stops matching is DELETED (as kube-apiserver's filtered watches do).
-    event, prev = change
-    now = wanted(event['object'])
-    if event['type'] != 'MODIFIED' or prev is None:
-        return event if now else None
-    before = wanted(prev)
-    if now and not before:
-        return {**event, 'type': 'ADDED'}
-    if before and not now:
-        return {**event, 'type': 'DELETED'}
-    return event if now else None
-
-
 def _initial_status(res: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
     if res == kmock.resource('v1/namespaces'):
         return {'status': {'phase': 'Active'}}
@@ -609,7 +392,7 @@ def _initial_status(res: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _api_version(res: kmock.resource) -> str:
-    return f'{res.group}/{res.version}' if res.group else str(res.version)
+    return kp.api_version(res.group, res.version)
 
 
 def _spec_of(obj: dict[str, Any]) -> dict[str, Any]:

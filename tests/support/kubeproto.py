@@ -71,6 +71,10 @@ class ApiError(Exception):
         return body
 
 
+def api_version(group: str | None, version: str | None) -> str:
+    return f'{group}/{version}' if group else str(version)
+
+
 def qualified(plural: str, group: str) -> str:
     return f'{plural}.{group}' if group else plural
 
