@@ -147,6 +147,11 @@ class KubeApi:
                 return None
             raise
 
+    def list(self, res: Resource, namespace: str | None, label_selector: str) -> list[dict[str, Any]]:
+        data = self._call("list", "GET", res.path(namespace), (res.kind, label_selector),
+                          query={"labelSelector": label_selector})
+        return list(data.get("items") or [])
+
     def create(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         res, meta = resource_of(manifest), manifest["metadata"]
         return self._call("create", "POST", res.path(meta.get("namespace")), (res.kind, meta["name"]),

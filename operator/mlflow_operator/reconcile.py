@@ -22,6 +22,7 @@ from mlflow_operator.render import render_all
 
 SECRET = RESOURCES[("v1", "Secret")]
 DEPLOYMENT = RESOURCES[("apps/v1", "Deployment")]
+JOB = RESOURCES[("batch/v1", "Job")]
 # Kinds that exist only for some specs: when the spec stops asking for one, it is deleted.
 OPTIONAL = [("networking.k8s.io/v1", "Ingress", names.ingress_name),
             ("networking.k8s.io/v1", "NetworkPolicy", names.network_policy_name),
@@ -96,8 +97,17 @@ def _stale(ref: ServerRef, objects: list[dict[str, Any]]) -> list[dict[str, Any]
             if (kind, name_of(ref)) not in rendered]
 
 
+def _finished_old_jobs(api: KubeApi, ref: ServerRef, current: str) -> list[dict[str, Any]]:
+    """Migration Jobs of earlier images/databases, once they no longer run."""
+    selector = ",".join(f"{k}={v}" for k, v in names.labels(ref, "migration").items())
+    return [{"apiVersion": "batch/v1", "kind": "Job", "metadata": job["metadata"]}
+            for job in api.list(JOB, ref.namespace, selector)
+            if job["metadata"]["name"] != current
+            and st.Migration.from_job("", job).state in ("Succeeded", "Failed")]
+
+
 def _apply_and_gate(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec, objects: list[dict[str, Any]],
-                    known: dict[str, dict[str, Any] | None], spec_changed: bool,
+                    known: dict[str, dict[str, Any] | None], spec_changed: bool, previous: Mapping[str, Any],
                     ) -> tuple[ApplyResult, st.Migration | None, st.Rollout, list[str]]:
     before, rollout_objs, job_name = _split(objects)
     result = apply_all(api, before, known=known)
@@ -111,6 +121,10 @@ def _apply_and_gate(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec, object
     # An optional object can only become stale through a spec change (or a change the
     # operator has not finished handling, as after a restart): skip the reads otherwise.
     deleted = prune(api, _stale(ref, objects), ref.uid) if spec_changed else []
+    if migration is not None and migration.state == "Succeeded" \
+            and previous.get("migration") != {"job": migration.job, "state": "Succeeded"}:
+        # The new migration is done: earlier migration Jobs (and their pods) can go.
+        deleted += prune(api, _finished_old_jobs(api, ref, migration.job), ref.uid)
     return result, migration, st.Rollout.from_deployment(spec.replicas, deployment), deleted
 
 
@@ -133,7 +147,8 @@ def run(api: KubeApi, body: Mapping[str, Any]) -> Outcome:
         objects = render_all(ref, spec, generated, uris)
         spec_changed = previous.get("observedGeneration") != generation \
             or st.condition(previous, st.DEGRADED).get("status") != "False"
-        result, migration, rollout, deleted = _apply_and_gate(api, ref, spec, objects, known, spec_changed)
+        result, migration, rollout, deleted = _apply_and_gate(api, ref, spec, objects, known,
+                                                              spec_changed, previous)
     except secrets.MissingSecret as exc:
         return _finish(previous, st.Observation(generation, problem=st.Problem(exc.reason, str(exc)), **identity))
     except SpecError as exc:  # render-time checks (e.g. a URI scheme the server cannot use)

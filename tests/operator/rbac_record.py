@@ -28,7 +28,7 @@ CALLS: dict[tuple[str, str], tuple[str, ...]] = {
     (CORE, "services"): _APPLY + _WATCHED,
     (CORE, "persistentvolumeclaims"): _APPLY + _WATCHED,
     (APPS, "deployments"): _APPLY + _WATCHED,
-    (BATCH, "jobs"): _APPLY + _WATCHED,
+    (BATCH, "jobs"): _PRUNE + _WATCHED,  # finished Jobs of an earlier migration are deleted
     (NET, "ingresses"): _PRUNE,
     (NET, "networkpolicies"): _PRUNE,
     (POLICY, "poddisruptionbudgets"): _PRUNE,

@@ -135,6 +135,28 @@ def test_update_propagates_and_rolls_the_deployment(opkube, operator):
     assert "Updated" in _reasons(kube, "alpha")
 
 
+def test_new_image_migrates_before_it_rolls_out(opkube, operator):
+    kube = opkube
+    old_job = _status(kube, "alpha")["migration"]["job"]
+    old_image = kube.get("apps/v1/deployments", NS, "alpha")["spec"]["template"]["spec"]["containers"][0]["image"]
+    kube.patch(CR, NS, "alpha", {"spec": {"image": "registry.example.com/mlflow-server:2.0"}})
+    new_job = wait_for(lambda: (_status(kube, "alpha").get("migration") or {}).get("job") != old_job
+                       and _status(kube, "alpha")["migration"]["job"], what="a new migration Job")
+    status = _status(kube, "alpha")
+    assert _cond(status, "Progressing")["reason"] == "MigrationRunning"
+    job = wait_for(lambda: kube.get("batch/v1/jobs", NS, new_job), what=f"Job {new_job}")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/mlflow-server:2.0"
+    # The old pods keep serving the old image until the migration is done.
+    deployment = kube.get("apps/v1/deployments", NS, "alpha")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == old_image
+    kube.mark_job_finished(NS, new_job)
+    wait_for(lambda: kube.get("apps/v1/deployments", NS, "alpha")["spec"]["template"]["spec"]["containers"][0]
+             ["image"] == "registry.example.com/mlflow-server:2.0", what="the Deployment on the new image")
+    wait_for(lambda: kube.get("batch/v1/jobs", NS, old_job) is None, what="the old migration Job deleted")
+    kube.mark_deployment_available(NS, "alpha")
+    wait_for(lambda: _status(kube, "alpha").get("phase") == "Ready", what="alpha Ready again")
+
+
 def test_deleted_or_edited_child_is_restored(opkube, operator):
     kube = opkube
     old_uid = kube.get("v1/services", NS, "alpha")["metadata"]["uid"]
