@@ -48,7 +48,10 @@ def base_env() -> list[dict[str, Any]]:
 
 
 def tmp_volume() -> dict[str, Any]:
-    return {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}}
+    # No sizeLimit: proxied artifact uploads are spooled here before they reach object
+    # storage, and a limit would evict the pod on a large model. Bound it, if needed,
+    # with an ephemeral-storage limit in spec.resources.
+    return {"name": TMP_VOLUME, "emptyDir": {}}
 
 
 def data_volume(ref: ServerRef) -> dict[str, Any]:
