@@ -427,6 +427,24 @@ def test_delete_preconditions(kube: KubeEmulator, core: kubernetes.client.CoreV1
     assert http(kube, 'DELETE', '/api/v1/namespaces/ns1/configmaps/c')[0] == 404
 
 
+def test_opt_in_garbage_collection_by_owner_references(kube: KubeEmulator, custom: Any, core: Any) -> None:
+    owner = custom.create_namespaced_custom_object(*CR, 'ns1', 'mlflowservers', mlflow_server('m'))
+    ref = {'apiVersion': owner['apiVersion'], 'kind': owner['kind'], 'name': 'm',
+           'uid': owner['metadata']['uid'], 'controller': True}
+    for name in ('one', 'two'):
+        core.create_namespaced_config_map('ns1', {'metadata': {'name': name, 'ownerReferences': [ref]}})
+    core.create_namespaced_config_map('ns1', {'metadata': {'name': 'free'}})
+    custom.delete_namespaced_custom_object(*CR, 'ns1', 'mlflowservers', 'm')
+    assert len(kube.list('v1/configmaps', 'ns1')) == 3  # off by default: no controllers
+    kube.collect_garbage = True
+    owner = custom.create_namespaced_custom_object(*CR, 'ns1', 'mlflowservers', mlflow_server('m'))
+    core.patch_namespaced_config_map('one', 'ns1', {'metadata': {'ownerReferences': [
+        {**ref, 'uid': owner['metadata']['uid']}]}})
+    custom.delete_namespaced_custom_object(*CR, 'ns1', 'mlflowservers', 'm')
+    # 'two' lost its owner while no collector ran; 'one' went with the new owner.
+    assert sorted(c['metadata']['name'] for c in kube.list('v1/configmaps', 'ns1')) == ['free', 'two']
+
+
 # ---- selectors, watches ------------------------------------------------------------
 
 def test_label_and_field_selectors_on_lists(core: kubernetes.client.CoreV1Api) -> None:

@@ -57,6 +57,7 @@ _GENERATE_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789'  # apimachinery's SimpleNameG
 class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmulator):
     request_log_limit: int = 300  # GAP: kmock scans its whole request log on every request
     event_log_limit: int = 10000  # watch history kept for ?resourceVersion=; older -> 410
+    collect_garbage: bool = False  # opt-in: delete dependents (ownerReferences) with their owner
     host: str = '127.0.0.1'
     port: int = 0
 
@@ -190,9 +191,10 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
         return obj['metadata'].get('uid') if obj else None
 
     def _store(self, res: kmock.resource, ns: str | None, name: str, obj: dict[str, Any] | None) -> None:
+        # kmock's store keeps every version (kube.objects[..., 'name', :]) for assertions.
         key = (res, ns, name)
         if key not in self._objects:
-            self._objects[key] = obj if obj is not None else []
+            self._objects[key] = obj
         elif obj is None:
             self._objects[key].delete()
         else:
@@ -347,8 +349,7 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
             meta['generation'] = int(old['metadata'].get('generation', 1)) + 1
         meta['resourceVersion'] = self._next_rv()
         if meta.get('deletionTimestamp') and not meta.get('finalizers'):
-            self._store(res, ns, name, None)  # the last finalizer is gone: the object goes
-            self._emit(res, 'DELETED', new)
+            self._remove(res, ns, name, new)  # the last finalizer is gone: the object goes
         else:
             self._store(res, ns, name, new)
             self._emit(res, 'MODIFIED', new, old)
@@ -372,9 +373,23 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
             self._emit(res, 'MODIFIED', new, obj)
             return new
         gone = {**obj, 'metadata': {**meta, 'resourceVersion': self._next_rv()}}
-        self._store(res, ns, name, None)
-        self._emit(res, 'DELETED', gone)
+        self._remove(res, ns, name, gone, orphan=(options or {}).get('propagationPolicy') == 'Orphan')
         return gone
+
+    def _remove(self, res: kmock.resource, ns: str | None, name: str, last: dict[str, Any],
+                orphan: bool = False) -> None:
+        self._store(res, ns, name, None)
+        self._emit(res, 'DELETED', last)
+        if self.collect_garbage and not orphan:
+            self._collect(last['metadata']['uid'])
+
+    def _collect(self, owner_uid: str) -> None:
+        # Opt-in garbage collector: dependents go when their owner is gone
+        # (background propagation; their own finalizers still hold them).
+        for (res, ns, name), obj in list(self._objects.items()):
+            refs = [] if obj.deleted else obj.raw['metadata'].get('ownerReferences') or []
+            if any(ref.get('uid') == owner_uid for ref in refs):
+                self.op_delete(res, ns, name)
 
 def _initial_status(res: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
     if res == kmock.resource('v1/namespaces'):
