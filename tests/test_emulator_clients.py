@@ -190,3 +190,18 @@ def test_helm_install_upgrade_uninstall(kube: KubeEmulator, kubeconfig: Path, tm
     helm('uninstall', 'op')
     assert kube.list('apps/v1/deployments', 'mlops') == []
     assert kube.list('v1/secrets', 'mlops') == []  # helm's release records are gone too
+
+
+@pytest.mark.slow
+def test_kopf_reconciles_200_objects_in_seconds(kube: KubeEmulator) -> None:
+    # Guards the emulator's cost per request (request-log trimming, O(1) lookups).
+    seen: list[tuple[str, str, Any]] = []
+    registry, settings = operator(kube, seen)
+    started = time.monotonic()
+    with KopfRunner(['run', '--standalone', '--namespace', 'ns1'], registry=registry, settings=settings, timeout=60):
+        for i in range(200):
+            kube.create(CR, mlflow_server(f'm{i}', replicas=1), namespace='ns1')
+        wait_for(lambda: sum(kind == 'create' for kind, _, _ in seen) == 200, timeout=120, what='200 creations')
+        elapsed = time.monotonic() - started
+    assert all('created' in (o.get('status') or {}) for o in kube.list(CR, 'ns1'))
+    assert elapsed < 60, f'200 objects took {elapsed:.1f}s'
