@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal
 
@@ -27,6 +26,14 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+# Re-exported: handlers and renderers import these from here.
+from mlflow_operator.inputs import GeneratedSecrets, ServerRef, SpecError, StoreUris
+
+__all__ = [
+    "DEFAULT_IMAGE", "PERMISSIONS", "GeneratedSecrets", "MLflowServerSpec", "ServerRef",
+    "SpecError", "StoreUris", "parse_spec",
+]
 
 try:
     _VERSION = version("mlflow-operator")
@@ -63,62 +70,6 @@ MANAGED_ENV: frozenset[str] = frozenset({
     "MLFLOW_PORT", "MLFLOW_WORKERS", "MLFLOW_S3_ENDPOINT_URL",
     "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE", "MLFLOW_STATIC_PREFIX",
 })
-
-
-class SpecError(Exception):
-    """An MLflowServer spec the operator cannot act on.
-
-    `reason` is CamelCase (for conditions and Events); `message` is for humans and
-    never contains secret values.
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.message}"
-
-
-@dataclass(frozen=True)
-class ServerRef:
-    """Identity of one MLflowServer object."""
-
-    name: str
-    namespace: str
-    uid: str
-
-
-@dataclass(frozen=True)
-class GeneratedSecrets:
-    """Values the operator generates once and keeps in Secrets; never regenerated.
-
-    The handlers generate them only when the Secrets do not exist yet and otherwise read
-    them back. `admin_password` is None when the user supplies
-    `auth.basicAuth.existingAdminSecret` (nothing to render then).
-    """
-
-    flask_secret_key: str
-    admin_password: str | None = None
-
-    def __repr__(self) -> str:  # keep values out of logs and tracebacks
-        return "GeneratedSecrets(<redacted>)"
-
-
-@dataclass(frozen=True)
-class StoreUris:
-    """Database URIs the handlers read from the user's Secrets at reconcile time.
-
-    None means "not configured" (sqlite on the volume). See `MLflowServerSpec.secret_refs`
-    for which ones to read.
-    """
-
-    backend_store: str | None = None
-    auth_database: str | None = None
-
-    def __repr__(self) -> str:  # URIs usually embed a password
-        return "StoreUris(<redacted>)"
 
 
 class _Model(BaseModel):
@@ -228,6 +179,25 @@ class EnvVar(_Model):
     name: str = Field(min_length=1)
 
 
+class Volume(_Model):
+    # Kubernetes Volume, passed through (many source types); only the name is ours to check.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(min_length=1, max_length=63)
+
+
+class VolumeMount(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True
+    )
+    name: str = Field(min_length=1, max_length=63)
+    mount_path: str = Field(min_length=2, pattern=r"^/")
+
+
+# Volumes and paths of the server pod the operator manages itself.
+RESERVED_VOLUMES = frozenset({"tmp", "config", "data"})
+RESERVED_PATHS = ("/tmp", "/etc/mlflow", "/data")
+
+
 class Server(_Model):
     workers: int = Field(default=2, ge=1, le=64)
     allowed_hosts: list[str] = Field(default_factory=list, max_length=64)
@@ -236,6 +206,31 @@ class Server(_Model):
     expose_metrics: bool = False
     static_prefix: str | None = Field(default=None, pattern=r"^/[^{}]*[^/{}]$", max_length=256)
     cluster_domain: str = Field(default="cluster.local", pattern=rf"^{_DNS_SUBDOMAIN}$")
+    extra_volumes: list[Volume] = Field(default_factory=list, max_length=32)
+    extra_volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _check_volumes(self) -> Server:
+        declared = {v.name for v in self.extra_volumes}
+        for volume in self.extra_volumes:
+            if volume.name in RESERVED_VOLUMES:
+                raise SpecError(
+                    "ConflictingVolume",
+                    f"server.extraVolumes: the name {volume.name!r} is used by the operator",
+                )
+        for mount in self.extra_volume_mounts:
+            if mount.name not in declared:
+                raise SpecError(
+                    "InvalidVolumeMount",
+                    f"server.extraVolumeMounts: {mount.name!r} is not in server.extraVolumes",
+                )
+            path = mount.mount_path.rstrip("/")
+            if any(path == p or path.startswith(p + "/") for p in RESERVED_PATHS):
+                raise SpecError(
+                    "ConflictingVolume",
+                    f"server.extraVolumeMounts: {mount.mount_path} is managed by the operator",
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_managed(self) -> Server:

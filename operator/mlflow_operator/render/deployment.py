@@ -94,6 +94,7 @@ def _container(ref: ServerRef, spec: MLflowServerSpec) -> dict[str, Any]:
     ]
     if spec.needs_pvc:
         mounts.append(pod.data_mount())
+    mounts += [m.model_dump(by_alias=True) for m in spec.server.extra_volume_mounts]
     container: dict[str, Any] = {
         "name": "mlflow",
         "image": spec.server_image,
@@ -131,7 +132,7 @@ def _volumes(ref: ServerRef, spec: MLflowServerSpec) -> list[dict[str, Any]]:
     ]
     if spec.needs_pvc:
         volumes.append(pod.data_volume(ref))
-    return volumes
+    return volumes + [v.model_dump(by_alias=True) for v in spec.server.extra_volumes]
 
 
 def _pod_annotations(spec: MLflowServerSpec, checksum: str) -> dict[str, str]:
