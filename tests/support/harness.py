@@ -30,6 +30,17 @@ cluster-scoped objects take ``namespace=None``.
     kube.tokenreview.count / .callers / .delay / .fail_status / .disconnect / .reset()
     kube.trim_requests()                       # long tests: forget kmock's request log
     kube.dead_url()                            # a URL where nothing listens (refused)
+    kube.collect_garbage = True                # opt-in: dependents go with their owner
+
+kmock's own API stays available: ``kube.objects[res, ns, name]`` (every
+version, for assertions; write through the helpers above, not into it),
+``kube.resources`` (declare more resources before clients discover them) and
+reactions that answer before the emulation, e.g.
+``kube['post /apis/authentication.k8s.io/v1/tokenreviews'] << 503``. kmock's
+aiohttp client shortcuts (``kmock.get('/path')``) are replaced by the helpers
+of the same names. The request log (``list(kube)``, ``kube['get'][...]``)
+keeps the last ``kube.request_log_limit`` (300) requests; watch history keeps
+``kube.event_log_limit`` (10000) events.
 """
 from __future__ import annotations
 

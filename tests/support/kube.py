@@ -226,7 +226,7 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
         for (r, obj_ns, _), obj in self._objects.items():
             if r == res and (ns is None or obj_ns == ns) and not obj.deleted:
                 found.append(obj.raw)
-        return sorted(found, key=lambda o: int(o['metadata'].get('resourceVersion', '0')))
+        return sorted(found, key=lambda o: int((o.get('metadata') or {}).get('resourceVersion') or 0))
 
     def op_create(self, res: kmock.resource, ns: str | None, body: Any, *, dry_run: bool = False) -> dict[str, Any]:
         info = self._info(res)
