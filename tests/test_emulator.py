@@ -557,3 +557,19 @@ def test_request_log_is_trimmed(kube: KubeEmulator, core: Any) -> None:
     assert len(list(kube._requests)) <= 20
     kube.trim_requests()
     assert list(kube._requests) == []
+
+
+def test_a_created_crd_is_served(kube: KubeEmulator, kube_client: Any, custom: Any) -> None:
+    crd = {'apiVersion': 'apiextensions.k8s.io/v1', 'kind': 'CustomResourceDefinition',
+           'metadata': {'name': 'widgets.example.com'},
+           'spec': {'group': 'example.com', 'scope': 'Cluster',
+                    'names': {'kind': 'Widget', 'plural': 'widgets', 'singular': 'widget', 'shortNames': ['wd']},
+                    'versions': [{'name': 'v1', 'served': True, 'storage': True,
+                                  'schema': {'openAPIV3Schema': {'type': 'object'}}}]}}
+    created = kubernetes.client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    assert {c.type: c.status for c in created.status.conditions}['Established'] == 'True'
+    custom.create_cluster_custom_object('example.com', 'v1', 'widgets', {
+        'apiVersion': 'example.com/v1', 'kind': 'Widget', 'metadata': {'name': 'w'}})
+    assert kube.get('example.com/v1/widgets', None, 'w')['kind'] == 'Widget'
+    _, listing = http(kube, 'GET', '/apis/example.com/v1')
+    assert [(r['name'], r['namespaced'], r['shortNames']) for r in listing['resources']] == [('widgets', False, ['wd'])]

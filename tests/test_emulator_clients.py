@@ -167,6 +167,8 @@ def test_crds_are_established_at_once(kube: KubeEmulator, kubectl: Any) -> None:
         pytest.skip('crds/mlflowservers.yaml is not written yet')
     kubectl('apply', '--validate=false', '-f', str(crd))
     kubectl('wait', '--for=condition=Established', 'crd/mlflowservers.mlflow-operator.dev', '--timeout=5s')
+    kube.create(CR, mlflow_server('m'), namespace='ns1')
+    assert kubectl('get', 'mlflow', '-n', 'ns1', '-o', 'name').stdout.split() == ['mlflowserver.mlflow-operator.dev/m']
 
 
 def test_helm_install_upgrade_uninstall(kube: KubeEmulator, kubeconfig: Path, tmp_path: Path) -> None:

@@ -268,6 +268,8 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
         meta['resourceVersion'] = self._next_rv()
         self._store(res, ns, name, obj)
         self._emit(res, 'ADDED', obj)
+        if res == kubediscovery.CRDS:  # GAP: a created CRD's resources are served
+            kubediscovery.declare_crd(self.resources, obj)
         return obj
 
     def op_replace(self, res: kmock.resource, ns: str | None, name: str, body: Any,
@@ -394,7 +396,7 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
 def _initial_status(res: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
     if res == kmock.resource('v1/namespaces'):
         return {'status': {'phase': 'Active'}}
-    if res == kmock.resource('apiextensions.k8s.io/v1/customresourcedefinitions'):
+    if res == kubediscovery.CRDS:
         now = kp.now_rfc3339()
         spec = obj.get('spec') or {}
         return {'status': {

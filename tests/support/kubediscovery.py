@@ -1,6 +1,8 @@
 """Resources the emulator serves, and API discovery (a mixin of ``KubeEmulator``).
 
-``RESOURCES`` lists every declared resource; tests may declare more through
+``RESOURCES`` lists the resources declared at start; creating a
+CustomResourceDefinition through the API declares (or redeclares) its
+resources, as applying ``crds/mlflowservers.yaml`` does; tests may also set
 ``kube.resources['group/version/plural'] = kmock.ResourceInfo(...)`` before
 clients discover them. Discovery answers like kube-apiserver: ``/api/v1`` has
 groupVersion ``v1``; subresources (``pods/status``) carry no short names.
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 
 ALL_VERBS = ['create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch']
 TOKENREVIEWS = kmock.resource('authentication.k8s.io', 'v1', 'tokenreviews')
+CRDS = kmock.resource('apiextensions.k8s.io', 'v1', 'customresourcedefinitions')
 
 # (group/version/plural, kind, namespaced, short names, subresources)
 RESOURCES: list[tuple[str, str, bool, tuple[str, ...], tuple[str, ...]]] = [
@@ -54,6 +57,20 @@ def declare(resources: kmock.ResourcesArray) -> None:
             shortnames=short, subresources=subs)
     resources[TOKENREVIEWS] = kmock.ResourceInfo(
         kind='TokenReview', singular='tokenreview', namespaced=False, verbs=['create'])
+
+
+def declare_crd(resources: kmock.ResourcesArray, crd: dict[str, Any]) -> None:
+    """Serve the resources a CustomResourceDefinition defines (as the API does once it is Established)."""
+    spec = crd.get('spec') or {}
+    names = spec.get('names') or {}
+    for version in spec.get('versions') or []:
+        if not version.get('served', True) or not names.get('plural'):
+            continue
+        resources[kmock.resource(spec.get('group', ''), version['name'], names['plural'])] = kmock.ResourceInfo(
+            kind=names.get('kind'), singular=names.get('singular') or str(names.get('kind', '')).lower(),
+            namespaced=spec.get('scope') == 'Namespaced', verbs=ALL_VERBS,
+            shortnames=names.get('shortNames') or (), categories=names.get('categories') or (),
+            subresources=set(version.get('subresources') or {}))
 
 
 class DiscoveryMixin:
