@@ -291,6 +291,19 @@ def test_tokenreview_unreachable_api_is_connection_refused(kube: KubeEmulator, t
         client.close()
 
 
+def test_offline_refuses_connections_then_recovers(kube: KubeEmulator, auth: Any) -> None:
+    kube.create_service_account('jobs', 'trainer')
+    body = {'spec': {'token': kube.token_for('jobs', 'trainer', ['mlflow']), 'audiences': ['mlflow']}}
+    assert auth.create_token_review(body).status.authenticated  # a pooled keep-alive connection now
+    with kube.offline():
+        with pytest.raises(urllib3.exceptions.HTTPError):
+            auth.create_token_review(body)
+        with pytest.raises(urllib3.exceptions.MaxRetryError) as err:
+            auth.create_token_review(body)
+        assert isinstance(err.value.reason, urllib3.exceptions.NewConnectionError)
+    assert auth.create_token_review(body).status.authenticated
+
+
 def test_issuer_constant_matches_minted_tokens() -> None:
     import jwt
     claims = jwt.decode(mint_token('a', 'b', ['x']), options={'verify_signature': False})

@@ -30,6 +30,7 @@ cluster-scoped objects take ``namespace=None``.
     kube.tokenreview.count / .callers / .delay / .fail_status / .disconnect / .reset()
     kube.trim_requests()                       # long tests: forget kmock's request log
     kube.dead_url()                            # a URL where nothing listens (refused)
+    with kube.offline(): ...                   # the API is down (refused), then back
     kube.collect_garbage = True                # opt-in: dependents go with their owner
 
 kmock's own API stays available: ``kube.objects[res, ns, name]`` (every
@@ -45,11 +46,12 @@ keeps the last ``kube.request_log_limit`` (300) requests; watch history keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -98,11 +100,11 @@ class KubeHelpers:
         try:
             self._loop, self._stop_event = asyncio.get_running_loop(), asyncio.Event()
             async with self:
-                server = aiohttp.web.Server(self, access_log=None, handler_cancellation=True)
-                runner = aiohttp.web.ServerRunner(server, shutdown_timeout=2)
+                self._web_server = aiohttp.web.Server(self, access_log=None, handler_cancellation=True)
+                runner = aiohttp.web.ServerRunner(self._web_server, shutdown_timeout=2)
                 await runner.setup()
-                site = aiohttp.web.TCPSite(runner, self.host, self.port)
-                await site.start()
+                self._site = aiohttp.web.TCPSite(runner, self.host, self.port)
+                await self._site.start()
                 self.port = runner.addresses[0][1]
                 ready.set()
                 await self._stop_event.wait()
@@ -112,6 +114,32 @@ class KubeHelpers:
         except BaseException as exc:  # surfaced by start()
             failure.append(exc)
             ready.set()
+
+    @contextlib.contextmanager
+    def offline(self: KubeEmulator) -> Iterator[None]:
+        """The API server is down inside the block: connections refused, open ones dropped.
+
+        Everything answers again afterwards, on the same URL, with the same state.
+        """
+        self._sync_await(self._go_offline)
+        try:
+            yield
+        finally:
+            self._sync_await(self._go_online)
+
+    async def _go_offline(self: KubeEmulator) -> None:
+        await self._site.stop()
+        for connection in list(self._web_server.connections):
+            connection.force_close()  # pooled keep-alive connections must fail too
+
+    async def _go_online(self: KubeEmulator) -> None:
+        self._site = aiohttp.web.TCPSite(self._site._runner, self.host, self.port)
+        await self._site.start()
+
+    def _sync_await(self: KubeEmulator, fn: Callable[[], Awaitable[T]]) -> T:
+        if self._loop is None:
+            raise RuntimeError('the emulator is not running: call start() first')
+        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result(timeout=30)
 
     # ---- sync helpers ----
 

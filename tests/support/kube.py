@@ -71,6 +71,8 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _stop_event: asyncio.Event | None = attrs.field(default=None, init=False)
+    _web_server: Any = attrs.field(default=None, init=False)
+    _site: Any = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         # Deliberately not calling kmock's post-init: its fallback reactions are
