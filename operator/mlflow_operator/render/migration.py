@@ -25,12 +25,16 @@ def _container(name: str, spec: MLflowServerSpec, command: list[str], env: dict)
     mounts = [pod.tmp_mount()]
     if pod.uses_sqlite(spec):
         mounts.append(pod.data_mount())
+    # The server's extra env and volumes may be what reaching the database takes (a CA
+    # bundle, PGSSLMODE, a proxy): the migration gets them too.
+    mounts += [m.model_dump(by_alias=True) for m in spec.server.extra_volume_mounts]
+    extra_env = [e.model_dump(by_alias=True, exclude_none=True) for e in spec.server.extra_env]
     return {
         "name": name,
         "image": spec.server_image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": command,
-        "env": [*pod.base_env(), env],
+        "env": [*pod.base_env(), env, *extra_env],
         "resources": pod.resources(spec),
         "securityContext": pod.container_security_context(),
         "volumeMounts": mounts,
@@ -75,6 +79,7 @@ def render_migration_job(
     volumes = [pod.tmp_volume()]
     if pod.uses_sqlite(spec):
         volumes.append(pod.data_volume(ref))
+    volumes += [v.model_dump(by_alias=True) for v in spec.server.extra_volumes]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": names.service_account_name(ref),
