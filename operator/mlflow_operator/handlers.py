@@ -79,8 +79,13 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger)
 
 
 def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
-              **_: Any) -> None:
-    new = _reconcile(body, memo, logger)
+              retry: int = 0, **_: Any) -> None:
+    try:
+        new = _reconcile(body, memo, logger)
+    except ApiError as exc:
+        # Usually transient (API server restarting, a conflict): retry with a growing delay.
+        # The message names the call and the server's reason, never a body.
+        raise kopf.TemporaryError(str(exc), delay=min(300, 5 * 2 ** min(retry, 6))) from None
     if new is not None:
         patch.status.update(new)
 

@@ -33,6 +33,7 @@ class Options:
 def configure(settings: kopf.OperatorSettings, options: Options) -> None:
     # Kopf's own log lines become Events only from WARNING up; the handlers post their own
     # Normal Events for important steps, so "Handler succeeded" noise stays out of kubectl.
+    settings.posting.loggers = True  # Kopf's own handler failures become Events too
     settings.posting.level = options.event_level
     settings.posting.reporting_component = "mlflow-operator"
     settings.posting.event_name_prefix = "mlflow-operator-"

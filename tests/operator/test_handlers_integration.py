@@ -238,6 +238,19 @@ def test_optional_objects_follow_the_spec(opkube, operator):
     assert _status(kube, "delta")["url"] == f"http://delta.{NS}.svc:5000"
 
 
+def test_api_failure_is_retried_and_reported(opkube, operator):
+    kube = opkube
+    kube.trim_requests()  # kmock's slices count the request log: start it afresh
+    kube[f"post /api/v1/namespaces/{NS}/services"][:1] << 500  # the next Service create fails once
+    kube.create(CR, server_manifest("epsilon", NS))
+    # Kopf posts its handler failures with its own type "Error" (core/v1 accepts it).
+    warning = wait_for(lambda: [e for e in _events(kube, "epsilon") if e["type"] in ("Warning", "Error")],
+                       what="an Event about the failed call")
+    assert "create Service/epsilon failed with HTTP 500" in warning[0]["message"]
+    wait_for(lambda: kube.get("v1/services", NS, "epsilon"), timeout=20, what="the retried Service create")
+    wait_for(lambda: (_status(kube, "epsilon").get("migration") or {}).get("job"), what="epsilon reconciled")
+
+
 def test_restart_keeps_generated_secrets(opkube, operator):
     kube = opkube
     password = _secret_value(kube, "alpha-admin", "password")
