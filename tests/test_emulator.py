@@ -530,6 +530,14 @@ def test_watch_through_a_selector_sees_objects_enter_and_leave(kube: KubeEmulato
     assert [e['type'] for e in events] == ['ADDED', 'MODIFIED', 'DELETED']
 
 
+def test_watch_list_sends_initial_events_then_a_bookmark(kube: KubeEmulator, core: Any) -> None:
+    core.create_namespaced_config_map('ns1', {'metadata': {'name': 'a'}})
+    _, events = watch_raw(kube, '/api/v1/namespaces/ns1/configmaps?watch=true&sendInitialEvents=true'
+                                '&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1')
+    assert [e['type'] for e in events] == ['ADDED', 'BOOKMARK', 'BOOKMARK']
+    assert events[1]['object']['metadata']['annotations'] == {'k8s.io/initial-events-end': 'true'}
+
+
 def test_watch_from_a_compacted_version_is_410(kube: KubeEmulator, core: Any) -> None:
     kube.event_log_limit = 2
     for name in 'abcde':

@@ -63,36 +63,43 @@ class WatchMixin:
 
         since = q.get('resourceVersion', '')
         initial_events = q.get('sendInitialEvents') == 'true'
+        try:
+            timeout = float(q.get('timeoutSeconds') or 1800)
+        except ValueError:
+            raise ApiError(400, 'BadRequest', f"invalid timeoutSeconds: {q.get('timeoutSeconds')!r}")
         if since not in ('', '0') and not since.isdigit():
             raise ApiError(400, 'BadRequest', f'invalid resource version: {since!r}')
         watcher = Watcher(res)
-        self._watchers.add(watcher)  # registered in the same loop step as the snapshot below
+        self._watchers.add(watcher)  # registered in the same loop step as the backlog's snapshot
         try:
-            if since in ('', '0') or initial_events:
-                backlog = [{'type': 'ADDED', 'object': o} for o in self._objects_of(res, ns) if wanted(o)]
-            elif int(since) < self._compacted_rv:
-                backlog = [{'type': 'ERROR', 'object': ApiError(
-                    410, 'Expired', f'too old resource version: {since} ({self._rv})').status()}]
-            else:
-                backlog = [e for rv, r, c in self._events if r == res and rv > int(since) and (e := seen_as(c, wanted))]
-            if initial_events:
-                backlog.append(self._bookmark(res, initial_end=True))
+            backlog = self._backlog(res, ns, since, initial_events, wanted)
             response = aiohttp.web.StreamResponse(status=200)
             response.content_type = 'application/json'
             response.enable_chunked_encoding()
             await response.prepare(raw)
             for event in backlog:
                 await response.write(json.dumps(event).encode() + b'\n')
-            if backlog and backlog[0]['type'] == 'ERROR':
-                await response.write_eof()
-                return response
-            await self._stream_events(response, watcher, wanted, float(q.get('timeoutSeconds') or 1800))
-            if q.get('allowWatchBookmarks') == 'true':
-                await response.write(json.dumps(self._bookmark(res)).encode() + b'\n')
+            if not (backlog and backlog[0]['type'] == 'ERROR'):
+                await self._stream_events(response, watcher, wanted, timeout)
+                if q.get('allowWatchBookmarks') == 'true':
+                    await response.write(json.dumps(self._bookmark(res)).encode() + b'\n')
             await response.write_eof()
             return response
         finally:
             self._watchers.discard(watcher)
+
+    def _backlog(self: KubeEmulator, res: kmock.resource, ns: str | None, since: str, initial_events: bool,
+                 wanted: Any) -> list[dict[str, Any]]:
+        """What a new watch sends before live events: a replay, a history, or an error."""
+        if since in ('', '0') or initial_events:
+            backlog = [{'type': 'ADDED', 'object': o} for o in self._objects_of(res, ns) if wanted(o)]
+            if initial_events:
+                backlog.append(self._bookmark(res, initial_end=True))
+            return backlog
+        if int(since) < self._compacted_rv:
+            return [{'type': 'ERROR', 'object': ApiError(
+                410, 'Expired', f'too old resource version: {since} ({self._rv})').status()}]
+        return [e for rv, r, c in self._events if r == res and rv > int(since) and (e := seen_as(c, wanted))]
 
     async def _stream_events(self: KubeEmulator, response: aiohttp.web.StreamResponse, watcher: Watcher,
                              wanted: Any, timeout: float) -> None:
@@ -112,8 +119,8 @@ class WatchMixin:
         meta: dict[str, Any] = {'resourceVersion': str(self._rv)}
         if initial_end:
             meta['annotations'] = {'k8s.io/initial-events-end': 'true'}
-        return {'type': 'BOOKMARK', 'object': {'kind': self._info(res).kind, 'apiVersion': kp.api_version(res.group, res.version),
-                                               'metadata': meta}}
+        return {'type': 'BOOKMARK', 'object': {
+            'kind': self._info(res).kind, 'apiVersion': kp.api_version(res.group, res.version), 'metadata': meta}}
 
 
 def seen_as(change: Change, wanted: Any) -> dict[str, Any] | None:
