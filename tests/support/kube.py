@@ -231,48 +231,56 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
         return sorted(found, key=lambda o: int((o.get('metadata') or {}).get('resourceVersion') or 0))
 
     def op_create(self, res: kmock.resource, ns: str | None, body: Any, *, dry_run: bool = False) -> dict[str, Any]:
+        obj = self._new_object(res, ns, body)
+        name = obj['metadata']['name']
+        if self._live(res, ns, name) is not None:  # GAP: 409 on an existing name
+            raise kp.already_exists(res.plural or '', res.group or '', name)
+        if dry_run:
+            return obj
+        obj['metadata']['resourceVersion'] = self._next_rv()
+        self._store(res, ns, name, obj)
+        self._emit(res, 'ADDED', obj)
+        if res == kubediscovery.CRDS:  # GAP: a created CRD's resources are served
+            kubediscovery.declare_crd(self.resources, obj)
+        return obj
+
+    def _new_object(self, res: kmock.resource, ns: str | None, body: Any) -> dict[str, Any]:
+        """Validate a new object and stamp what the server owns (GAP: kmock stamps nothing)."""
         info = self._info(res)
         if not isinstance(body, dict):
             raise ApiError(400, 'BadRequest', 'the body of the request was not a JSON object')
         obj = copy.deepcopy(body)
-        meta = obj['metadata'] = dict(obj.get('metadata') or {})
+        meta = obj['metadata'] = self._place(info, ns, dict(obj.get('metadata') or {}))
+        if error := kp.name_error(res.plural or '', res.group or '', str(meta['name'])):  # per-kind name rules
+            raise kp.invalid(info.kind or '', str(meta['name']), error)
+        obj['apiVersion'], obj['kind'] = _api_version(res), info.kind
+        if 'status' in info.subresources:
+            obj.pop('status', None)  # GAP: status only via /status
+        obj.update(_initial_status(res, obj))  # what the controllers would report at once
+        if res == kmock.resource('v1/secrets') and not obj.get('type'):
+            obj['type'] = 'Opaque'  # API defaulting
+        for stale in ('deletionTimestamp', 'deletionGracePeriodSeconds'):
+            meta.pop(stale, None)
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=kp.now_rfc3339(), generation=1)
+        return obj
+
+    def _place(self, info: kmock.ResourceInfo, ns: str | None, meta: dict[str, Any]) -> dict[str, Any]:
+        """The namespace (GAP: from the URL) and name (GAP: generateName) of a new object."""
         if info.namespaced:
             if not ns:  # the real API has no POST route on the all-namespaces collection
                 raise ApiError(405, 'MethodNotAllowed', 'the server does not allow this method on the requested resource')
-            if meta.get('namespace') not in (None, '', ns):  # GAP: namespace comes from the URL
+            if meta.get('namespace') not in (None, '', ns):
                 raise ApiError(400, 'BadRequest', 'the namespace of the provided object does not match the namespace sent on the request')
             meta['namespace'] = ns
         else:
             meta.pop('namespace', None)
         if meta.get('resourceVersion'):
             raise ApiError(400, 'BadRequest', 'resourceVersion should not be set on objects to be created')
-        if not meta.get('name') and meta.get('generateName'):  # GAP: generateName
+        if not meta.get('name') and meta.get('generateName'):
             meta['name'] = meta['generateName'] + ''.join(secrets.choice(_GENERATE_ALPHABET) for _ in range(5))
-        name = meta.get('name')
-        if not name:
+        if not meta.get('name'):
             raise kp.invalid(info.kind or '', '', 'metadata.name: Required value: name or generateName is required')
-        if error := kp.name_error(res.plural or '', res.group or '', str(name)):  # GAP: per-kind name rules
-            raise kp.invalid(info.kind or '', str(name), error)
-        if self._live(res, ns, name) is not None:  # GAP: 409 on an existing name
-            raise kp.already_exists(res.plural or '', res.group or '', name)
-        obj['apiVersion'], obj['kind'] = _api_version(res), info.kind
-        if 'status' in info.subresources:
-            obj.pop('status', None)  # GAP: status only via /status
-        obj.update(_initial_status(res, obj))  # GAP: what the controllers would report at once
-        if res == kmock.resource('v1/secrets') and not obj.get('type'):
-            obj['type'] = 'Opaque'  # API defaulting
-        for stale in ('deletionTimestamp', 'deletionGracePeriodSeconds', 'uid', 'creationTimestamp'):
-            meta.pop(stale, None)
-        # GAP: the server stamps identity and versioning metadata.
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=kp.now_rfc3339(), generation=1)
-        if dry_run:
-            return obj
-        meta['resourceVersion'] = self._next_rv()
-        self._store(res, ns, name, obj)
-        self._emit(res, 'ADDED', obj)
-        if res == kubediscovery.CRDS:  # GAP: a created CRD's resources are served
-            kubediscovery.declare_crd(self.resources, obj)
-        return obj
+        return meta
 
     def op_replace(self, res: kmock.resource, ns: str | None, name: str, body: Any,
                    sub: str | None = None, *, dry_run: bool = False) -> dict[str, Any]:
@@ -290,9 +298,10 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
                  sub: str | None = None, *, dry_run: bool = False) -> tuple[int, dict[str, Any]]:
         old = self._live(res, ns, name)
         if content_type == 'application/apply-patch+yaml':
+            if not isinstance(patch, dict):
+                raise ApiError(400, 'BadRequest', 'the apply configuration is not an object')
             if old is None:  # approximated server-side apply: create when absent
-                body = dict(patch or {})
-                body.setdefault('metadata', {})['name'] = name
+                body = {**patch, 'metadata': {**(patch.get('metadata') or {}), 'name': name}}
                 return 201, self.op_create(res, ns, body, dry_run=dry_run)
             content_type = 'application/merge-patch+json'
         if old is None:
