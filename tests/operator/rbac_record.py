@@ -38,11 +38,15 @@ CALLS: dict[tuple[str, str], tuple[str, ...]] = {
     (CORE, "events"): ("create",),
 }
 
-# Only with `--all-namespaces` (cluster-wide mode): Kopf scans namespaces and CRDs to
-# follow new ones. Not exercised by the namespaced integration test.
+# Only with `--all-namespaces` (test_handlers_clusterwide.py): Kopf watches CRDs to
+# notice the MLflowServer CRD appearing or changing.
 CLUSTERWIDE_ONLY: dict[tuple[str, str], tuple[str, ...]] = {
-    (CORE, "namespaces"): ("list", "watch"),
     ("apiextensions.k8s.io", "customresourcedefinitions"): ("list", "watch"),
+}
+# Only with glob patterns such as `--namespace 'team-*'`: Kopf watches namespaces to
+# match them. Plain names and --all-namespaces do not need it; not part of the default.
+NAMESPACE_GLOBS: dict[tuple[str, str], tuple[str, ...]] = {
+    (CORE, "namespaces"): ("list", "watch"),
 }
 
 # Not a call but an authorization check: creating a ClusterRoleBinding to

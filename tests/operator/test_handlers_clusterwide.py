@@ -1,0 +1,32 @@
+"""`mlflow-operator run --all-namespaces`: one operator serves every namespace, including
+namespaces created after it started."""
+from __future__ import annotations
+
+from tests.operator import rbac_record
+from tests.operator.harness import CR, OperatorProcess, server_manifest, wait_for
+
+
+def _job(kube, namespace: str, name: str) -> str | None:
+    obj = kube.get(CR, namespace, name) or {}
+    return ((obj.get("status") or {}).get("migration") or {}).get("job")
+
+
+def test_all_namespaces_mode_reconciles_everywhere(opkube, tmp_path):
+    kube = opkube
+    kube.create_namespace("ml-one")
+    operator = OperatorProcess(kube, tmp_path, namespaces=[], extra=["--all-namespaces"]).start()
+    try:
+        kube.create(CR, server_manifest("tracking", "ml-one"))
+        kube.create_namespace("ml-two")  # appears while the operator runs
+        kube.create(CR, server_manifest("tracking", "ml-two"))
+        for namespace in ("ml-one", "ml-two"):
+            job = wait_for(lambda: _job(kube, namespace, "tracking"), what=f"{namespace}/tracking reconciled")
+            assert kube.get("batch/v1/jobs", namespace, job) is not None
+        assert kube.get("rbac.authorization.k8s.io/v1/clusterrolebindings", None,
+                        "mlflow-operator:ml-two:tracking:auth-delegator") is not None
+    finally:
+        operator.stop()
+    observed = set(kube.api_calls)
+    granted = rbac_record.observed_api_calls(clusterwide=True)
+    assert observed <= granted, f"calls not in tests/operator/rbac_record.py: {sorted(observed - granted)}"
+    assert "Traceback" not in operator.log()
