@@ -61,13 +61,17 @@ class Locks:
 
 def make_memo(api: KubeApi, options: Options) -> kopf.Memo:
     # Kopf gives each object a shallow copy of this memo: the containers stay shared.
-    return kopf.Memo(api=api, options=options, locks=Locks(), seen={})
+    return kopf.Memo(api=api, options=options, locks=Locks(), seen={}, statuses={})
 
 
 def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger) -> dict[str, Any] | None:
     """Reconcile one MLflowServer; the new status, or None when it would not change."""
-    with memo.locks.hold(body["metadata"]["uid"]):
-        outcome = reconcile.run(memo.api, body)
+    uid = body["metadata"]["uid"]
+    with memo.locks.hold(uid):
+        # Handlers, the timer and child events may each hold an older body: the status
+        # this process wrote last is the fresher base for transitions (no double Events).
+        outcome = reconcile.run(memo.api, body, memo.statuses.get(uid))
+        memo.statuses[uid] = outcome.status
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=message)
     if outcome.created or outcome.updated or outcome.deleted:
@@ -104,6 +108,7 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any
             memo.api.delete(binding, None, name)
             logger.info("Deleted ClusterRoleBinding/%s", name)
     memo.locks.forget(ref.uid)
+    memo.statuses.pop(ref.uid, None)
 
 
 def _owner(body: Mapping[str, Any]) -> tuple[str, str, str] | None:

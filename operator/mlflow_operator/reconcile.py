@@ -128,9 +128,10 @@ def _apply_and_gate(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec, object
     return result, migration, st.Rollout.from_deployment(spec.replicas, deployment), deleted
 
 
-def run(api: KubeApi, body: Mapping[str, Any]) -> Outcome:
+def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> Outcome:
+    """`previous`: the last status written, if the caller knows a fresher one than the body's."""
     ref, generation = server_ref(body), int(body["metadata"].get("generation") or 0)
-    previous = body.get("status") or {}
+    previous = previous if previous is not None else (body.get("status") or {})
     try:
         names.validate_ref(ref)
         spec = parse_spec(body.get("spec"))
