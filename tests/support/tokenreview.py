@@ -25,8 +25,9 @@ Behaviour (mirrors the ServiceAccount token authenticator):
 Faults for tests (attributes, change any time, also from another thread):
 ``delay`` seconds before answering, ``fail_status`` (e.g. 500, 403, 429)
 answered as a Status, ``disconnect=True`` drops the connection without an
-answer. ``count`` counts reviews received (faulty ones included); ``reset()``
-clears counters and faults.
+answer. ``count`` counts reviews received (faulty ones included); ``callers``
+holds the bearer tokens of the last 1000 callers; ``reset()`` clears counters
+and faults.
 """
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ class TokenReviewer:
         if scheme.lower() != 'bearer' or not caller.strip():
             raise ApiError(401, 'Unauthorized', 'Unauthorized')
         self.callers.append(caller.strip())
+        del self.callers[:-1000]  # bounded for benchmarks; tests look at the last few
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.disconnect:
