@@ -162,6 +162,13 @@ def _session(kube: CallLog, ns: str) -> list[str]:
         _tamper(kube, resource, ns, name)
     _tamper(kube, "rbac.authorization.k8s.io/v1/clusterrolebindings", None,
             f"mlflow-operator:{ns}:plain:auth-delegator")
+    # A new image migrates again; the earlier migration Job is deleted once that succeeds.
+    kube.patch(CR, ns, "plain", {"spec": {"image": "registry.example.com/mlflow-server:2.0"}})
+    new_job = wait_for(lambda: kube.get(CR, ns, "plain")["status"]["migration"]["job"] != job
+                       and kube.get(CR, ns, "plain")["status"]["migration"]["job"], what="a new migration Job")
+    wait_for(lambda: kube.get("batch/v1/jobs", ns, new_job), what=f"Job {new_job}")
+    kube.mark_job_finished(ns, new_job)
+    wait_for(lambda: kube.get("batch/v1/jobs", ns, job) is None, what="the earlier migration Job deleted")
     kube.patch(CR, ns, "full", {"spec": {"replicas": 1, "ingress": {"enabled": False},
                                          "networkPolicy": {"enabled": False}}})
     for resource in ("networking.k8s.io/v1/ingresses", "networking.k8s.io/v1/networkpolicies",
@@ -182,7 +189,10 @@ def test_operator_session_is_allowed_by_the_chart(tmp_path: Path, watch: list[st
         for ns in ("team-a", "team-b", "elsewhere"):
             kube.create_namespace(ns)
         operator = OperatorProcess(kube, tmp_path, watch, resync_seconds=0.5).start()
-        roles = _session(kube, "team-a")
+        try:
+            roles = _session(kube, "team-a")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\noperator log (tail):\n{operator.log()[-4000:]}") from None
         operator.stop()
         log = operator.log()
     finally:

@@ -34,13 +34,15 @@ fails CI.
 - apiGroups: [""]
   resources: ["secrets", "serviceaccounts", "services", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# The MLflow server Deployment and the database migration Job that gates its rollout.
+# The MLflow server Deployment.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# The database migration Job that gates each rollout. A new image or database gets a new
+# Job; once it succeeds, the finished Jobs of earlier migrations are deleted.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Optional children (spec.ingress, spec.networkPolicy, and the PodDisruptionBudget of a
 # multi-replica server): as above, plus delete when the spec stops asking for them. Not
 # watched: the resync timer repairs them.
