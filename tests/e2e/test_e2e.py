@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 NS, OTHER_NS, NAME = "team-a", "team-b", "mlflow"
 ADMIN_SA = "admin-bot"
-SPEC: dict[str, Any] = {"auth": {"adminServiceAccounts": [f"{NS}:{ADMIN_SA}"]}}
+# one worker: the machine running CI is small; everything else is the default
+SPEC: dict[str, Any] = {"auth": {"adminServiceAccounts": [f"{NS}:{ADMIN_SA}"]}, "server": {"workers": 1}}
 CHECKSUM = "mlflow-operator.dev/config-checksum"
 
 
