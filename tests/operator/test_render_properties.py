@@ -276,6 +276,9 @@ def test_network_policy_defaults_to_the_allowed_namespaces() -> None:
     assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]
     expression = rule["from"][0]["namespaceSelector"]["matchExpressions"][0]
     assert expression["values"] == ["team-a", "team-b"]
+    nobody = parse_spec({"networkPolicy": {"enabled": True}, "auth": {"allowedNamespaces": []}})
+    closed = _one(render_all(ref, nobody, GENERATED), "NetworkPolicy")
+    assert closed["spec"]["ingress"] == []  # never a rule without `from` (that admits all)
     anywhere = _one(render_case(CASES["basic-auth-off"]), "NetworkPolicy")
     assert anywhere["spec"]["ingress"][0]["from"] == [{"namespaceSelector": {}}]
 

@@ -95,6 +95,8 @@ def _peers(ref: ServerRef, spec: MLflowServerSpec) -> list[dict[str, Any]]:
     allowed = names.allowed_namespaces(spec, ref)
     if "*" in allowed:
         return [{"namespaceSelector": {}}]
+    if not allowed:
+        return []
     return [
         {
             "namespaceSelector": {
@@ -110,6 +112,9 @@ def render_network_policy(ref: ServerRef, spec: MLflowServerSpec) -> Manifest | 
     """Ingress to port 5000 only; egress stays open (databases, object storage, API server)."""
     if not spec.network_policy.enabled:
         return None
+    peers = _peers(ref, spec)
+    # A rule without `from` admits everyone: with no peers there is no rule (deny all).
+    rules = [{"from": peers, "ports": [{"protocol": "TCP", "port": names.SERVER_PORT}]}]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -117,11 +122,6 @@ def render_network_policy(ref: ServerRef, spec: MLflowServerSpec) -> Manifest | 
         "spec": {
             "podSelector": {"matchLabels": names.selector_labels(ref)},
             "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": _peers(ref, spec),
-                    "ports": [{"protocol": "TCP", "port": names.SERVER_PORT}],
-                }
-            ],
+            "ingress": rules if peers else [],
         },
     }
