@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +38,8 @@ def mlflow_server(name: str, **spec: Any) -> dict[str, Any]:
             'metadata': {'name': name}, 'spec': spec}
 
 
-def operator(kube: KubeEmulator, seen: list[tuple[str, str, Any]]) -> tuple[kopf.OperatorRegistry, kopf.OperatorSettings]:
+def operator(kube: KubeEmulator, seen: list[tuple[str, str, Any]],
+             kubeconfig: Path | None = None) -> tuple[kopf.OperatorRegistry, kopf.OperatorSettings]:
     registry = kopf.OperatorRegistry()
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True  # the emulator has no namespace scanning to offer
@@ -46,8 +48,10 @@ def operator(kube: KubeEmulator, seen: list[tuple[str, str, Any]]) -> tuple[kopf
     group, version, plural = CR.split('/')
 
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=kube.url, token='kopf-token')
+    def credentials(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if kubeconfig is None:
+            return kopf.ConnectionInfo(server=kube.url, token='kopf-token')
+        return kopf.login_with_kubeconfig(**kwargs)  # Kopf's own reading of $KUBECONFIG
 
     @kopf.on.create(group, version, plural, id='created', registry=registry)
     def created(name: str, spec: Any, body: Any, **_: Any) -> dict[str, Any]:
@@ -66,10 +70,12 @@ def operator(kube: KubeEmulator, seen: list[tuple[str, str, Any]]) -> tuple[kopf
     return registry, settings
 
 
-@pytest.mark.parametrize('scope', [['--namespace', 'ns1'], ['--all-namespaces']])
-def test_kopf_lifecycle_create_update_finalizer_delete(kube: KubeEmulator, scope: list[str]) -> None:
+@pytest.mark.parametrize('scope, via_kubeconfig', [(['--namespace', 'ns1'], False), (['--all-namespaces'], True)])
+def test_kopf_lifecycle_create_update_finalizer_delete(kube: KubeEmulator, kubeconfig: Path, scope: list[str],
+                                                      via_kubeconfig: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('KUBECONFIG', str(kubeconfig))
     seen: list[tuple[str, str, Any]] = []
-    registry, settings = operator(kube, seen)
+    registry, settings = operator(kube, seen, kubeconfig if via_kubeconfig else None)
     with KopfRunner(['run', '--standalone', *scope], registry=registry, settings=settings, timeout=30) as runner:
         kube.create(CR, mlflow_server('m', replicas=1), namespace='ns1')
         wait_for(lambda: ('create', 'm', {'replicas': 1}) in seen, what='the create handler')
@@ -88,6 +94,15 @@ def test_kopf_lifecycle_create_update_finalizer_delete(kube: KubeEmulator, scope
         events = wait_for(lambda: kube.list('v1/events', 'ns1'), what='Kopf posting k8s Events')
         assert events[0]['reason'] == 'Seen' and events[0]['involvedObject']['name'] == 'm'
     assert runner.exception is None
+
+
+def test_kopf_default_client_login_reads_our_kubeconfig(kube: KubeEmulator, kubeconfig: Path) -> None:
+    # In a fresh process: the kubernetes client reads $KUBECONFIG when imported.
+    code = ('import logging, kopf; info = kopf.login_via_client(logger=logging.getLogger(), '
+            'settings=kopf.OperatorSettings()); print(info.server, info.token)')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, 'KUBECONFIG': str(kubeconfig)})
+    assert result.stdout.split() == [kube.url, 'emulator-admin-token'], result.stderr
 
 
 # ---- kubectl -------------------------------------------------------------------------
