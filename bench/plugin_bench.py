@@ -1,0 +1,270 @@
+"""Auth plugin benchmark: `python -m bench.plugin_bench [--quick]` (printed numbers, not a test).
+
+Side by side, same settings (1 uvicorn worker, SQLite stores, same endpoint
+`experiments/get` as a non-admin user):
+  * unauthenticated MLflow (`mlflow server`)
+  * k8s-auth bearer, warm token cache, MLflow's permission lookups uncached (default)
+  * k8s-auth bearer, warm token cache, `permission_cache_ttl_seconds = 60`
+  * MLflow basic-auth (`--app-name basic-auth`, its credential cache on, ttl 120)
+plus: TokenReviews for 64 concurrent requests with one new token, the in-process cost of a
+token cache hit, and TokenReviews caused by a flood of unique garbage tokens.
+
+`run(quick)` returns a flat dict; `python -m bench` prints it with the other suites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import json
+import secrets
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from mlflow_k8s_auth.cache import ReviewCache
+from mlflow_k8s_auth.outcomes import Reviewed
+from mlflow_k8s_auth.precheck import precheck
+from tests.plugin.conftest import ADMIN_PASSWORD, ADMIN_USER, AUDIENCE, MlflowServer, render_ini
+from tests.support.kube import KubeEmulator
+from tests.support.tokens import mint_alg_none_token, mint_token
+
+THREADS = 8
+USER, PASSWORD = "bench-user", "bench-password-123"
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+class _BasicAuthServer(MlflowServer):
+    """MLflow's own basic-auth app, for comparison."""
+
+    def command(self) -> list[str]:
+        command = super().command()
+        command[command.index("k8s-auth")] = "basic-auth"
+        return command
+
+
+class _PlainServer(MlflowServer):
+    """MLflow with no auth app at all."""
+
+    def command(self) -> list[str]:
+        command = super().command()
+        at = command.index("--app-name")
+        return command[:at] + command[at + 2:]
+
+
+def _throughput(url: str, headers: dict[str, str], seconds: float) -> float:
+    """Requests per second from THREADS keep-alive clients hammering one URL."""
+    stop = time.monotonic() + seconds
+    counts = [0] * THREADS
+    errors: list[int] = []
+
+    def client(index: int) -> None:
+        session = requests.Session()
+        while time.monotonic() < stop:
+            response = session.get(url, headers=headers, timeout=30)
+            if response.status_code != 200:
+                errors.append(response.status_code)
+                return
+            counts[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(THREADS)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"benchmark request failed with HTTP {errors[0]}")
+    return sum(counts) / (time.monotonic() - started)
+
+
+def _per_call_us(fn: Callable[[], Any], iterations: int) -> float:
+    started = time.perf_counter()
+    for _ in range(iterations):
+        fn()
+    return (time.perf_counter() - started) / iterations * 1e6
+
+
+def _cache_costs(iterations: int) -> dict[str, float]:
+    token = mint_token("bench", "cached", [AUDIENCE])
+    cache = ReviewCache((AUDIENCE,), 120, 5, 10000)
+    cache.store(cache.key(token), Reviewed("system:serviceaccount:bench:cached", "bench", "cached", time.time() + 3600))
+    assert cache.lookup(cache.key(token)) is not None
+    return {
+        "cache_hit_us": _per_call_us(lambda: cache.lookup(cache.key(token)), iterations),
+        "precheck_us": _per_call_us(lambda: precheck(token, (AUDIENCE,)), iterations // 10),
+    }
+
+
+def _garbage(i: int) -> str:
+    kind = i % 4
+    if kind == 0:
+        return secrets.token_urlsafe(48)
+    if kind == 1:
+        return mint_alg_none_token("bench", f"g{i}", [AUDIENCE])
+    if kind == 2:
+        return mint_token("bench", f"g{i}", ["someone-else"], key=_GARBAGE_KEY)
+    return mint_token("bench", f"g{i}", [AUDIENCE], expires_in=-3600, key=_GARBAGE_KEY)
+
+
+_GARBAGE_KEY: Any = None
+
+
+def _flood(url: str, count: int) -> tuple[int, float]:
+    global _GARBAGE_KEY
+    from tests.support.tokens import other_private_key
+
+    _GARBAGE_KEY = other_private_key()
+    tokens = [_garbage(i) for i in range(count)]
+    local = threading.local()
+
+    def send(token: str) -> int:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        return session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        statuses = list(pool.map(send, tokens))
+    elapsed = time.monotonic() - started
+    if set(statuses) != {401}:
+        raise RuntimeError(f"garbage flood got unexpected statuses {sorted(set(statuses))}")
+    return count, elapsed
+
+
+def _start_servers(kube: KubeEmulator, workdir: Path) -> dict[str, MlflowServer]:
+    kubeconfig = kube.write_kubeconfig(workdir / "kubeconfig")
+
+    def ini(name: str, **extra: object) -> str:
+        return render_ini(f"sqlite:///{workdir}/{name}-auth.db", kubeconfig, **extra).replace(
+            "[k8s_auth]", "auth_cache_ttl_seconds = 120\n\n[k8s_auth]"
+        )
+
+    basic_ini = "\n".join(
+        line for line in ini("basic").splitlines()
+        if not line.startswith("authorization_function") and "[k8s_auth]" not in line
+        and not line.startswith(("audiences", "allowed_namespaces", "kubeconfig", "permission_cache"))
+    )
+    specs = {
+        "plain": _PlainServer(workdir / "plain", "", f"sqlite:///{workdir}/plain.db"),
+        "k8s": MlflowServer(workdir / "k8s", ini("k8s"), f"sqlite:///{workdir}/k8s.db"),
+        "k8s_permcache": MlflowServer(
+            workdir / "k8s_pc", ini("k8s_pc", permission_cache_ttl_seconds=60), f"sqlite:///{workdir}/k8s_pc.db"
+        ),
+        "basic": _BasicAuthServer(workdir / "basic", basic_ini + "\n", f"sqlite:///{workdir}/basic.db"),
+    }
+    started: dict[str, MlflowServer] = {}
+    try:
+        for name, server in specs.items():
+            started[name] = server.start()
+    except Exception:
+        for server in started.values():
+            server.stop()
+        raise
+    return started
+
+
+def _experiment(server: MlflowServer, admin_headers: dict[str, str]) -> str:
+    response = requests.post(
+        f"{server.url}/api/2.0/mlflow/experiments/create", json={"name": "bench"}, headers=admin_headers, timeout=30
+    )
+    response.raise_for_status()
+    return str(response.json()["experiment_id"])
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    seconds, rounds = (2.0, 2) if quick else (6.0, 3)
+    flood_count = 1000 if quick else 10000
+    kube = KubeEmulator().start()
+    try:
+        kube.create_namespace("bench")
+        kube.create_service_account("bench", "reader")
+        with tempfile.TemporaryDirectory(prefix="plugin-bench-") as tmp:
+            servers = _start_servers(kube, Path(tmp))
+            try:
+                return _measure(kube, servers, seconds, rounds, flood_count)
+            finally:
+                for server in servers.values():
+                    server.stop()
+    finally:
+        kube.stop()
+
+
+def _measure(
+    kube: KubeEmulator, servers: dict[str, MlflowServer], seconds: float, rounds: int, flood_count: int
+) -> dict[str, Any]:
+    admin = _basic(ADMIN_USER, ADMIN_PASSWORD)
+    requests.post(
+        f"{servers['basic'].url}/api/2.0/mlflow/users/create",
+        json={"username": USER, "password": PASSWORD}, headers=admin, timeout=30,
+    ).raise_for_status()
+    bearer = {"Authorization": f"Bearer {kube.token_for('bench', 'reader', [AUDIENCE])}"}
+    targets = {
+        "plain": ({}, _experiment(servers["plain"], {})),
+        "k8s": (bearer, _experiment(servers["k8s"], admin)),
+        "k8s_permcache": (bearer, _experiment(servers["k8s_permcache"], admin)),
+        "basic": (_basic(USER, PASSWORD), _experiment(servers["basic"], admin)),
+    }
+    urls = {n: f"{servers[n].url}/api/2.0/mlflow/experiments/get?experiment_id={e}" for n, (_, e) in targets.items()}
+    for name, (headers, _) in targets.items():  # warm caches and connections
+        _throughput(urls[name], headers, 0.5)
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(rounds):  # interleaved so background load hits all alike
+        for name, (headers, _) in targets.items():
+            samples[name].append(_throughput(urls[name], headers, seconds))
+    rps = {name: statistics.median(values) for name, values in samples.items()}
+
+    new_token = kube.token_for("bench", "reader", [AUDIENCE], expires_in=7000)
+    before = kube.tokenreview.count
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        burst = list(pool.map(lambda _: requests.get(urls["k8s"], headers={"Authorization": f"Bearer {new_token}"}, timeout=30).status_code, range(64)))
+    burst_reviews = kube.tokenreview.count - before
+    if set(burst) != {200}:
+        raise RuntimeError(f"burst got statuses {sorted(set(burst))}")
+
+    before = kube.tokenreview.count
+    flooded, flood_seconds = _flood(urls["k8s"], flood_count)
+    flood_reviews = kube.tokenreview.count - before
+
+    costs = _cache_costs(200_000)
+    return {
+        "rps_unauthenticated": round(rps["plain"], 1),
+        "rps_k8s_bearer": round(rps["k8s"], 1),
+        "rps_k8s_bearer_permission_cache": round(rps["k8s_permcache"], 1),
+        "rps_mlflow_basic_auth": round(rps["basic"], 1),
+        "ratio_k8s_vs_unauthenticated": round(rps["k8s"] / rps["plain"], 3),
+        "ratio_k8s_permission_cache_vs_unauthenticated": round(rps["k8s_permcache"] / rps["plain"], 3),
+        "ratio_k8s_permission_cache_vs_unauthenticated_target": ">= 0.9",
+        "ratio_basic_vs_unauthenticated": round(rps["basic"] / rps["plain"], 3),
+        "ratio_k8s_vs_basic": round(rps["k8s"] / rps["basic"], 3),
+        "tokenreviews_for_64_concurrent_new_token": burst_reviews,
+        "tokenreviews_for_64_concurrent_new_token_target": 1,
+        "cache_hit_us": round(costs["cache_hit_us"], 2),
+        "cache_hit_us_target": "< 20",
+        "precheck_us": round(costs["precheck_us"], 2),
+        "garbage_tokens_sent": flooded,
+        "garbage_flood_rps": round(flooded / flood_seconds, 1),
+        "tokenreviews_for_garbage_flood": flood_reviews,
+        "tokenreviews_for_garbage_flood_target": 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(run(quick=args.quick), indent=2))
+
+
+if __name__ == "__main__":
+    main()
