@@ -432,6 +432,15 @@ def test_names_follow_the_rule_of_their_kind(kube: KubeEmulator, path: str, name
     assert code == (201 if ok else 422), body
 
 
+def test_opt_in_namespace_existence(kube: KubeEmulator) -> None:
+    assert http(kube, 'POST', '/api/v1/namespaces/ghost/configmaps', {'metadata': {'name': 'a'}})[0] == 201
+    kube.require_namespaces = True
+    code, body = http(kube, 'POST', '/api/v1/namespaces/ghost/configmaps', {'metadata': {'name': 'b'}})
+    assert code == 404 and body['message'] == 'namespaces "ghost" not found'
+    kube.create_namespace('ghost')
+    assert http(kube, 'POST', '/api/v1/namespaces/ghost/configmaps', {'metadata': {'name': 'b'}})[0] == 201
+
+
 def test_delete_preconditions(kube: KubeEmulator, core: kubernetes.client.CoreV1Api) -> None:
     core.create_namespaced_config_map('ns1', {'metadata': {'name': 'c'}})
     options = {'preconditions': {'uid': 'someone-else'}}

@@ -150,6 +150,23 @@ def test_kubectl_apply_get_wait_delete(kube: KubeEmulator, kubectl: Any, tmp_pat
     assert missing.returncode == 1 and 'NotFound' in missing.stderr
 
 
+def test_kubectl_apply_twice_patches_a_deployment_strategically(kube: KubeEmulator, kubectl: Any, tmp_path: Path) -> None:
+    def deployment(image: str, env: list[dict[str, str]]) -> str:
+        return json.dumps({'apiVersion': 'apps/v1', 'kind': 'Deployment', 'metadata': {'name': 'd', 'namespace': 'ns1'},
+                           'spec': {'selector': {'matchLabels': {'app': 'd'}}, 'template': {
+                               'metadata': {'labels': {'app': 'd'}},
+                               'spec': {'containers': [{'name': 'server', 'image': image, 'env': env},
+                                                       {'name': 'proxy', 'image': 'proxy:1'}]}}}})
+    manifest = tmp_path / 'd.json'
+    manifest.write_text(deployment('mlflow:1', [{'name': 'A', 'value': '1'}, {'name': 'B', 'value': '2'}]))
+    kubectl('apply', '--validate=false', '-f', str(manifest))
+    manifest.write_text(deployment('mlflow:2', [{'name': 'B', 'value': '3'}]))
+    assert 'configured' in kubectl('apply', '--validate=false', '-f', str(manifest)).stdout
+    containers = kube.get('apps/v1/deployments', 'ns1', 'd')['spec']['template']['spec']['containers']
+    assert [(c['name'], c['image']) for c in containers] == [('server', 'mlflow:2'), ('proxy', 'proxy:1')]
+    assert containers[0]['env'] == [{'name': 'B', 'value': '3'}]  # kubectl's 3-way patch deletes A
+
+
 def test_kubectl_get_watch_streams_changes(kube: KubeEmulator, kubectl: Any) -> None:
     kube.create('v1/configmaps', {'metadata': {'name': 'first'}}, namespace='ns1')
 

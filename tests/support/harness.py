@@ -32,6 +32,7 @@ cluster-scoped objects take ``namespace=None``.
     kube.dead_url()                            # a URL where nothing listens (refused)
     with kube.offline(): ...                   # the API is down (refused), then back
     kube.collect_garbage = True                # opt-in: dependents go with their owner
+    kube.require_namespaces = True             # opt-in: no objects in missing Namespaces
 
 kmock's own API stays available: ``kube.objects[res, ns, name]`` (every
 version, for assertions; write through the helpers above, not into it),

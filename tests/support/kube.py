@@ -58,6 +58,7 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
     request_log_limit: int = 300  # GAP: kmock scans its whole request log on every request
     event_log_limit: int = 10000  # watch history kept for ?resourceVersion=; older -> 410
     collect_garbage: bool = False  # opt-in: delete dependents (ownerReferences) with their owner
+    require_namespaces: bool = False  # opt-in: creating in a missing Namespace is a 404, as for real
     host: str = '127.0.0.1'
     port: int = 0
 
@@ -271,6 +272,8 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
                 raise ApiError(405, 'MethodNotAllowed', 'the server does not allow this method on the requested resource')
             if meta.get('namespace') not in (None, '', ns):
                 raise ApiError(400, 'BadRequest', 'the namespace of the provided object does not match the namespace sent on the request')
+            if self.require_namespaces and self._live(kmock.resource('v1/namespaces'), None, ns) is None:
+                raise kp.not_found('namespaces', '', ns)
             meta['namespace'] = ns
         else:
             meta.pop('namespace', None)
