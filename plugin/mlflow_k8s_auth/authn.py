@@ -15,7 +15,7 @@ from flask import Response, g, request
 from werkzeug.datastructures import Authorization
 
 from . import metrics, responses, runtime
-from .credentials import Basic, Bearer, Malformed, extract
+from .credentials import Basic, Bearer, Malformed, extract, is_gateway_route
 from .outcomes import Invalid, ReviewOutcome, Reviewed, Unavailable
 from .policy import Forbidden, Grant, decide
 from .precheck import Claims, Rejected, precheck, split_service_account
@@ -125,7 +125,7 @@ def _basic_user(credentials: Basic, path: str) -> str | None:
     from mlflow.server import auth as mlflow_auth
 
     internal = os.environ.get("_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN")
-    if internal and "/gateway/" in path and secrets.compare_digest(credentials.password.encode(), internal.encode()):
+    if internal and is_gateway_route(path) and secrets.compare_digest(credentials.password.encode(), internal.encode()):
         return credentials.username if mlflow_auth.store.has_user(credentials.username) else None
     user = mlflow_auth._authenticate_cached(credentials.username, credentials.password)
     return user.username if user is not None else None

@@ -171,7 +171,8 @@ def _namespace_permissions(raw: str) -> tuple[tuple[str, str], ...]:
 
 
 def _read(path: str | Path) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None)
+    # The interpolation MLflow's own reader uses, so both see the same values ('%%' -> '%').
+    parser = configparser.ConfigParser()
     try:
         with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)
@@ -239,6 +240,15 @@ def _cache_settings(section: configparser.SectionProxy) -> dict[str, float | int
 def load_config(path: str | Path) -> K8sAuthConfig:
     """Read the ini at `path` and return the validated settings, or raise `ConfigError`."""
     parser = _read(path)
+    try:
+        return _parse(parser, path)
+    except configparser.InterpolationError as exc:
+        raise ConfigError(
+            f"[{exc.section}] {exc.option}: a literal '%' must be written as '%%'"
+        ) from None
+
+
+def _parse(parser: configparser.ConfigParser, path: str | Path) -> K8sAuthConfig:
     mlflow = _check_mlflow_section(parser)
     if not parser.has_section(SECTION):
         raise ConfigError(f"auth config has no [{SECTION}] section")

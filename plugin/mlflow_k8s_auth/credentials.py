@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -51,9 +52,17 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def is_gateway_route(path: str) -> bool:
+    # As MLflow does: strip `--static-prefix` (set by `mlflow server`), then match.
+    prefix = os.environ.get("_MLFLOW_STATIC_PREFIX", "").rstrip("/")
+    if prefix and path.startswith(prefix):
+        path = path[len(prefix):]
+    return path.startswith("/gateway/")
+
+
 def select_header(headers: Mapping[str, str], path: str) -> str | None:
     """The header MLflow itself would read: X-MLflow-Authorization first on /gateway/."""
-    if "/gateway/" in path:
+    if is_gateway_route(path):
         gateway = _header(headers, GATEWAY_AUTH_HEADER)
         if gateway:
             return gateway

@@ -128,3 +128,11 @@ def test_missing_section_file_and_garbage(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match="not a valid ini file"):
         load_config(binary)
+
+
+def test_percent_escapes_match_mlflows_reader(tmp_path: Path) -> None:
+    escaped = MLFLOW.replace("sqlite:///auth.db", "postgresql://u:p%%40ss@db/auth")
+    assert load_config(write(tmp_path, "audiences = a\n", mlflow=escaped)).database_uri == "postgresql://u:p%40ss@db/auth"
+    bare = MLFLOW.replace("sqlite:///auth.db", "postgresql://u:p%40ss@db/auth")
+    with pytest.raises(ConfigError, match=r"\[mlflow\] database_uri: a literal '%' must be written as '%%'"):
+        load_config(write(tmp_path, "audiences = a\n", mlflow=bare))
