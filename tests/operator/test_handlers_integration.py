@@ -227,15 +227,15 @@ def test_optional_objects_follow_the_spec(opkube, operator):
                 ("policy/v1/poddisruptionbudgets", "delta")]
     for resource, name in optional:
         wait_for(lambda: kube.get(resource, NS, name), what=f"{resource} {name}")
-    status = _status(kube, "delta")
-    assert status["url"] == "http://mlflow.example.com"
+    # Through the Ingress, the URL users reach is the external one.
+    wait_for(lambda: _status(kube, "delta").get("url") == "http://mlflow.example.com", what="delta's url")
     assert kube.get("v1/persistentvolumeclaims", NS, "delta-data") is None  # nothing on a volume
     kube.patch(CR, NS, "delta", {"spec": {"replicas": 1, "ingress": {"enabled": False},
                                           "networkPolicy": {"enabled": False}}})
     for resource, name in optional:
         wait_for(lambda: kube.get(resource, NS, name) is None, what=f"{resource} {name} deleted")
     assert "Deleted" in wait_for(lambda: _reasons(kube, "delta"), what="delta Events")
-    assert _status(kube, "delta")["url"] == f"http://delta.{NS}.svc:5000"
+    wait_for(lambda: _status(kube, "delta").get("url") == f"http://delta.{NS}.svc:5000", what="in-cluster url")
 
 
 def test_api_failure_is_retried_and_reported(opkube, operator):
