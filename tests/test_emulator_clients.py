@@ -96,6 +96,23 @@ def test_kopf_lifecycle_create_update_finalizer_delete(kube: KubeEmulator, kubec
     assert runner.exception is None
 
 
+def test_kopf_namespace_patterns_with_scanning(kube: KubeEmulator) -> None:
+    # Namespaces can be listed and watched, so Kopf's scanning works (no need to disable it).
+    seen: list[tuple[str, str, Any]] = []
+    registry, settings = operator(kube, seen)
+    settings.scanning.disabled = False
+    kube.create_namespace('ns1')
+    kube.create_namespace('other')
+    with KopfRunner(['run', '--standalone', '--namespace', 'ns*'], registry=registry, settings=settings, timeout=30):
+        kube.create(CR, mlflow_server('m'), namespace='ns1')
+        kube.create(CR, mlflow_server('o'), namespace='other')
+        wait_for(lambda: ('create', 'm', {}) in seen, what='the create handler')
+        kube.create_namespace('ns2')  # a namespace that appears later is picked up
+        kube.create(CR, mlflow_server('n'), namespace='ns2')
+        wait_for(lambda: ('create', 'n', {}) in seen, what='the create handler in a new namespace')
+    assert sorted(name for _, name, _ in seen) == ['m', 'n']
+
+
 def test_kopf_default_client_login_reads_our_kubeconfig(kube: KubeEmulator, kubeconfig: Path) -> None:
     # In a fresh process: the kubernetes client reads $KUBECONFIG when imported.
     code = ('import logging, kopf; info = kopf.login_via_client(logger=logging.getLogger(), '
