@@ -13,6 +13,7 @@ its ServiceAccount token), and prints the MLflow URL and how to log in. Keeps ru
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -50,15 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mlflow-operator-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     p = Progress(total=5)
+    # Ctrl-C and `kill` both unwind the context managers, which stop every process the
+    # demo started (explicitly: a background shell would start us with SIGINT ignored).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         return _run(args, workdir, p)
     except KeyboardInterrupt:
-        print("\nstopped (Ctrl-C); everything the demo started is shut down.", flush=True)
+        print("\nstopped; everything the demo started is shut down.", flush=True)
         return 0
     except Exception as exc:  # a failed step is explained, with where to look, not dumped
         print(f"\nFAILED at step {p.n}: {exc}", file=sys.stderr)
         print(f"logs: {workdir / 'logs'}", file=sys.stderr)
         return 1
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace, workdir: Path, p: Progress) -> int:
