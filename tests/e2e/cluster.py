@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from tests.e2e import kubelet
+from tests.e2e import kubelet, processes
 from tests.e2e.network import ServiceProxy, ServiceTable
 from tests.support import tokens
 
@@ -71,7 +71,7 @@ class ServerPod:
     deployment: str
     revision: str
     template: dict[str, Any]
-    running: kubelet.Running
+    running: processes.Running
 
     @property
     def url(self) -> str:
@@ -161,7 +161,7 @@ class LocalCluster:
         pod_name = f"{name}-{secrets.token_hex(3)}"
         started = _now()
         plan = self.kubelet.prepare(pod_name, namespace, template["spec"], template.get("metadata"))
-        code, log = kubelet.run_pod(plan, self.root / "logs", timeout)
+        code, log = processes.run_pod(plan, self.root / "logs", timeout)
         kind = "Complete" if code == 0 else "Failed"
         status: dict[str, Any] = {
             "startTime": started,
@@ -200,9 +200,9 @@ class LocalCluster:
             del self.pods[(namespace, name)]
         pod_name = f"{name}-{revision}-{secrets.token_hex(3)}"
         plan = self.kubelet.prepare(pod_name, namespace, template["spec"], template.get("metadata"))
-        running = kubelet.start_pod(plan, self.root / "logs", timeout)
+        running = processes.start_pod(plan, self.root / "logs", timeout)
         try:
-            kubelet.wait_ready(running, timeout)
+            processes.wait_ready(running, timeout)
         except BaseException:
             running.stop()
             raise

@@ -45,17 +45,13 @@ import base64
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.e2e.remap import expand_vars, free_port, remap_paths, remap_ports
 
 # (namespace, service account, audiences, expiration seconds) -> signed JWT
 TokenMinter = Callable[[str, str, list[str], int], str]
@@ -63,7 +59,6 @@ TokenMinter = Callable[[str, str, list[str], int], str]
 ObjectReader = Callable[[str, str, str], "dict[str, Any] | None"]
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-_ANY_HOST = {"0.0.0.0", "::", "[::]"}
 
 
 class PodError(RuntimeError):
@@ -100,62 +95,6 @@ class PodPlan:
     pod_dir: Path
     init: list[Prepared]
     main: list[Prepared]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def remap_paths(text: str, mounts: list[tuple[str, Path]]) -> str:
-    """Rewrite container mount paths in ``text`` to their local twins (rule 1).
-
-    One pass with one alternation (longest path first): the local twins usually live
-    under /tmp, itself a mount path, and must not be rewritten again.
-    """
-    table = {m.rstrip("/"): str(local) for m, local in mounts if m.rstrip("/")}
-    if not table:
-        return text
-    alternatives = "|".join(re.escape(m) for m in sorted(table, key=len, reverse=True))
-    pattern = re.compile(r"(?<![\w.\-])(" + alternatives + r")(?=/|$|[^\w.\-])")
-    return pattern.sub(lambda match: table[match.group(1)], text)
-
-
-def expand_vars(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion: unknown refs stay as written, ``$$`` escapes."""
-
-    def sub(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env.get(name, match.group(0))
-
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)", sub, text)
-
-
-def remap_ports(argv: list[str], ports: Mapping[int, int]) -> list[str]:
-    """Rewrite port values and wildcard bind hosts in ``argv`` (rule 2)."""
-    out: list[str] = []
-    for i, arg in enumerate(argv):
-        prev = argv[i - 1] if i else ""
-        if prev in ("--port", "-p") and arg.isdigit() and int(arg) in ports:
-            arg = str(ports[int(arg)])
-        elif prev in ("--host", "-h", "--bind") and arg in _ANY_HOST:
-            arg = "127.0.0.1"
-        elif match := re.fullmatch(r"(--port=)(\d+)", arg):
-            if int(match.group(2)) in ports:
-                arg = match.group(1) + str(ports[int(match.group(2))])
-        elif match := re.fullmatch(r"(--host=)(.*)", arg):
-            if match.group(2) in _ANY_HOST:
-                arg = "--host=127.0.0.1"
-        elif match := re.fullmatch(r"(.*?)((?:0\.0\.0\.0|\[::\]|127\.0\.0\.1|localhost)?):(\d+)", arg):
-            prefix, host, port = match.groups()
-            if int(port) in ports and (host or prefix.endswith(("=", " "))):
-                local_host = "127.0.0.1" if host in _ANY_HOST or host == "" else host
-                arg = f"{prefix}{local_host}:{ports[int(port)]}"
-        out.append(arg)
-    return out
 
 
 class Kubelet:
@@ -484,120 +423,3 @@ def _write(path: Path, content: str, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content)
     path.chmod(mode)
-
-
-# -- processes ---------------------------------------------------------------------
-
-
-@dataclass
-class Running:
-    """A started container process; its own process group so workers die with it."""
-
-    prepared: Prepared
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        port = next(iter(self.prepared.ports.values()))
-        return f"http://127.0.0.1:{port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout)
-            except ProcessLookupError:
-                pass
-        # uvicorn workers may linger in the group for a moment after the parent exits
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def start(prepared: Prepared, log_path: Path) -> Running:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            prepared.argv,
-            env=prepared.env,
-            cwd=prepared.cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return Running(prepared, proc, log_path)
-
-
-def _log_path(logs: Path, prepared: Prepared) -> Path:
-    return logs / f"{prepared.namespace}.{prepared.pod}.{prepared.container}.log"
-
-
-def run_to_completion(prepared: Prepared, log_path: Path, timeout: float) -> tuple[int, str]:
-    running = start(prepared, log_path)
-    try:
-        code = running.proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        running.stop()
-        raise PodError(f"pod {prepared.pod} did not finish within {timeout:.0f}s:\n{running.log()[-4000:]}")
-    running.stop()
-    return code, running.log()
-
-
-def run_init(plan: PodPlan, logs: Path, timeout: float) -> tuple[int, str]:
-    """Run init containers in order; stop at the first failure (exit code, its log)."""
-    for prepared in plan.init:
-        code, log = run_to_completion(prepared, _log_path(logs, prepared), timeout)
-        if code != 0:
-            return code, log
-    return 0, ""
-
-
-def run_pod(plan: PodPlan, logs: Path, timeout: float) -> tuple[int, str]:
-    """A Job's pod: init containers, then the (single) main container to completion."""
-    code, log = run_init(plan, logs, timeout)
-    if code != 0:
-        return code, log
-    if len(plan.main) != 1:
-        raise PodError("only single-container Job pods are supported")
-    return run_to_completion(plan.main[0], _log_path(logs, plan.main[0]), timeout)
-
-
-def start_pod(plan: PodPlan, logs: Path, timeout: float) -> Running:
-    """A Deployment's pod: init containers, then start the (single) main container."""
-    code, log = run_init(plan, logs, timeout)
-    if code != 0:
-        raise PodError(f"init container of pod {plan.name} failed with {code}:\n{log[-4000:]}")
-    if len(plan.main) != 1:
-        raise PodError("only single-container server pods are supported")
-    return start(plan.main[0], _log_path(logs, plan.main[0]))
-
-
-def wait_ready(running: Running, timeout: float) -> None:
-    """Poll the container's readinessProbe (httpGet) like a kubelet; fail fast if it exits."""
-    probe = running.prepared.readiness or {}
-    http = probe.get("httpGet")
-    if http is None:
-        raise PodError("only httpGet readiness probes are supported")
-    url = f"http://127.0.0.1:{running.prepared.local_port(http['port'])}{http.get('path', '/')}"
-    headers = {h["name"]: h["value"] for h in http.get("httpHeaders", [])}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running.proc.poll() is not None:
-            raise PodError(f"pod {running.prepared.pod} exited with {running.proc.returncode}:\n{running.log()[-4000:]}")
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as resp:
-                if 200 <= resp.status < 400:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.25)
-    raise PodError(f"pod {running.prepared.pod} not ready after {timeout:.0f}s:\n{running.log()[-4000:]}")

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from tests.e2e.kubelet import expand_vars, remap_paths, remap_ports
+from tests.e2e.remap import expand_vars, remap_paths, remap_ports
 
 MOUNTS = [("/etc/mlflow", Path("/tmp/pod/rootfs/etc/mlflow")), ("/data", Path("/tmp/pod/rootfs/data"))]
 
