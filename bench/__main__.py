@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 import time
 import traceback
@@ -43,6 +44,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _meets(value: Any, target: Any) -> bool | None:
+    """Whether `value` meets a target like ">= 0.9", "< 20" or 1; None if not comparable."""
+    match = re.fullmatch(r"\s*(>=|<=|>|<|==)?\s*(-?[\d.]+)\s*\S*", str(target))
+    if match is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    op, bound = match.group(1) or "==", float(match.group(2))
+    return {">=": value >= bound, "<=": value <= bound, ">": value > bound,
+            "<": value < bound, "==": value == bound}[op]
+
+
 def _rows(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     targets = dict(result.get("targets") or {})
     rows = []
@@ -50,7 +61,8 @@ def _rows(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         if key == "targets" or key.endswith("_target"):
             continue
         target = targets.get(key, result.get(f"{key}_target", ""))
-        rows.append((key, _fmt(value), _fmt(target) if target != "" else ""))
+        verdict = {True: "met", False: "MISSED", None: ""}[_meets(value, target)] if target != "" else ""
+        rows.append((key, _fmt(value), f"{_fmt(target)}{': ' + verdict if verdict else ''}" if target != "" else ""))
     return rows
 
 
