@@ -13,8 +13,20 @@ from mlflow_operator.settings import Options, configure
 _FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
 
 
+class _QuietChildEvents(logging.Filter):
+    """Drop Kopf's "Handler 'child-...' succeeded." lines: one per event of every owned
+    object (thousands at scale) and nothing an operator admin acts on. Failures stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO and isinstance(record.msg, str)
+                    and record.msg.startswith("Handler 'child-") and record.msg.endswith(" succeeded."))
+
+
 def configure_logging(log_format: str = "json", verbose: bool = False) -> None:
     kopf.configure(verbose=verbose, log_format=_FORMATS[log_format], log_prefix=False)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietChildEvents())
     # urllib3 logs full URLs and, at debug level, headers (the bearer token): keep it quiet.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)

@@ -9,6 +9,7 @@ One operator process serves the whole module (tests build on each other, in orde
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -285,4 +286,9 @@ def test_operator_calls_only_what_rbac_grants(opkube, operator):
     observed = set(opkube.api_calls)
     granted = rbac_record.observed_api_calls()
     assert observed <= granted, f"calls not in tests/operator/rbac_record.py: {sorted(observed - granted)}"
-    assert "Traceback" not in operator.log()
+    log = operator.log()
+    assert "Traceback" not in log
+    # Structured logs: one JSON object per line, each with a message and a severity.
+    for line in filter(None, log.splitlines()):
+        record = json.loads(line)
+        assert record["message"] and record["severity"] in ("debug", "info", "warn", "error")
