@@ -19,11 +19,12 @@ SECRET = RESOURCES[("v1", "Secret")]
 class MissingSecret(Exception):
     """A Secret (or a key in it) that the spec refers to does not exist (yet)."""
 
-    def __init__(self, namespace: str, name: str, key: str | None = None):
+    def __init__(self, namespace: str, name: str, key: str | None = None, empty: bool = False):
         self.namespace, self.name, self.key = namespace, name, key
         self.reason = "SecretKeyNotFound" if key else "SecretNotFound"
         what = f"key {key!r} in Secret {name!r}" if key else f"Secret {name!r}"
-        super().__init__(f"{what} not found in namespace {namespace!r}; create it and the"
+        problem = "is empty" if empty else "not found"
+        super().__init__(f"{what} {problem} in namespace {namespace!r}; fix it and the"
                          " server recovers on the next reconcile")
 
 
@@ -56,6 +57,6 @@ def read_key(api: KubeApi, namespace: str, name: str, key: str) -> str:
     if secret is None:
         raise MissingSecret(namespace, name)
     value = value_of(secret, key)
-    if value is None:
-        raise MissingSecret(namespace, name, key)
+    if not value:
+        raise MissingSecret(namespace, name, key, empty=value == "")
     return value

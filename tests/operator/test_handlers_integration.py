@@ -205,8 +205,12 @@ def test_missing_secret_degrades_until_created(opkube, operator):
     assert "gamma-db" in _cond(status, "Degraded")["message"]
     password = "s3cr3t-Pa55"
     uri = f"postgresql://mlflow:{password}@db.{NS}.svc:5432/mlflow"
-    kube.create("v1/secrets", {"metadata": {"name": "gamma-db"},
-                               "data": {"uri": base64.b64encode(uri.encode()).decode()}}, namespace=NS)
+    encoded = base64.b64encode(uri.encode()).decode()
+    kube.create("v1/secrets", {"metadata": {"name": "gamma-db"}, "data": {"url": encoded}}, namespace=NS)
+    status = wait_for(lambda: _cond(_status(kube, "gamma"), "Degraded").get("reason") == "SecretKeyNotFound"
+                      and _status(kube, "gamma"), timeout=15, what="gamma: the Secret lacks the key")
+    assert "key 'uri' in Secret 'gamma-db'" in _cond(status, "Degraded")["message"]
+    kube.patch("v1/secrets", NS, "gamma-db", {"data": {"uri": encoded}})
     status = wait_for(lambda: _status(kube, "gamma").get("phase") == "Progressing" and _status(kube, "gamma"),
                       timeout=15, what="gamma recovering once the Secret exists")
     assert uri in _secret_value(kube, "gamma-config", "backend-store-uri")
