@@ -220,6 +220,26 @@ def test_missing_secret_degrades_until_created(opkube, operator):
     assert password not in operator.log()
 
 
+def test_user_supplied_admin_secret_is_adopted(opkube, operator):
+    kube = opkube
+    spec = {"auth": {"basicAuth": {"existingAdminSecret": "zeta-own-admin"}}}
+    kube.create(CR, server_manifest("zeta", NS, spec))
+    status = wait_for(lambda: _status(kube, "zeta").get("phase") == "Degraded" and _status(kube, "zeta"),
+                      what="zeta Degraded until its admin Secret exists")
+    assert "zeta-own-admin" in _cond(status, "Degraded")["message"]
+    own = {"username": "admin", "password": "chosen-by-the-user-1234"}
+    kube.create("v1/secrets", {"metadata": {"name": "zeta-own-admin"},
+                               "data": {k: base64.b64encode(v.encode()).decode() for k, v in own.items()}},
+                namespace=NS)
+    status = wait_for(lambda: _status(kube, "zeta").get("phase") == "Progressing" and _status(kube, "zeta"),
+                      timeout=15, what="zeta recovering")
+    assert status["adminSecret"] == "zeta-own-admin"
+    assert kube.get("v1/secrets", NS, "zeta-admin") is None  # nothing generated
+    adopted = kube.get("v1/secrets", NS, "zeta-own-admin")
+    assert "ownerReferences" not in adopted["metadata"]  # the user's Secret stays the user's
+    assert _secret_value(kube, "zeta-own-admin", "password") == own["password"]
+
+
 def test_optional_objects_follow_the_spec(opkube, operator):
     kube = opkube
     db = {"uriSecretRef": {"name": "gamma-db", "key": "uri"}}  # created by the test above
