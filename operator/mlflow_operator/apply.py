@@ -74,20 +74,35 @@ def _comparable(manifest: Mapping[str, Any]) -> dict[str, Any]:
             if key not in ("apiVersion", "kind", "status")}
 
 
-def _is_owned_elsewhere(manifest: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
-    """A live object with a different controller must not be taken over silently."""
-    want = {ref.get("uid") for ref in manifest["metadata"].get("ownerReferences") or []
+# Labels that say which MLflowServer an object belongs to (the ones the manifest carries).
+_IDENTITY_LABELS = ("app.kubernetes.io/managed-by", "app.kubernetes.io/instance",
+                    "mlflow-operator.dev/owner-name", "mlflow-operator.dev/owner-namespace")
+
+
+def _controllers(obj: Mapping[str, Any]) -> set[str]:
+    return {ref.get("uid", "") for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
             if ref.get("controller")}
-    have = {ref.get("uid") for ref in live.get("metadata", {}).get("ownerReferences") or []
-            if ref.get("controller")}
-    return bool(want and have and not want & have)
+
+
+def is_ours(manifest: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    """May the operator take this live object over? Only if the same MLflowServer controls
+    it, or, lacking a controller (orphaned, or cluster-scoped), it carries that server's
+    identifying labels. A user's own object with the same name is never overwritten."""
+    have = _controllers(live)
+    if have:
+        return bool(have & _controllers(manifest))
+    want_labels = manifest["metadata"].get("labels") or {}
+    live_labels = (live.get("metadata") or {}).get("labels") or {}
+    keys = [k for k in _IDENTITY_LABELS if k in want_labels]
+    return bool(keys) and all(live_labels.get(k) == want_labels[k] for k in keys)
 
 
 class ConflictError(Exception):
     """The object exists but belongs to someone else."""
 
     def __init__(self, what: str):
-        super().__init__(f"{what} already exists and is controlled by another owner")
+        super().__init__(f"{what} already exists and does not belong to this MLflowServer;"
+                         " rename or delete it")
         self.what = what
 
 
@@ -110,7 +125,7 @@ def apply_one(api: KubeApi, manifest: Mapping[str, Any], result: ApplyResult,
                 raise
             # Created concurrently (another reconcile, or a user): re-read and fall through.
             live = api.get(res, meta.get("namespace"), meta["name"]) or {}
-    elif _is_owned_elsewhere(manifest, live):
+    elif not is_ours(manifest, live):
         raise ConflictError(what)
     elif is_create_only(manifest) or is_subset(_comparable(manifest), live):
         result.unchanged.append(what)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from mlflow_operator.apply import is_create_only, is_subset, normalize
+from mlflow_operator.apply import is_create_only, is_ours, is_subset, normalize
 
 
 def test_server_defaults_do_not_count_as_drift():
@@ -44,3 +44,23 @@ def test_secret_string_data_is_compared_in_stored_form():
 def test_create_only_annotation():
     assert is_create_only({"metadata": {"annotations": {"mlflow-operator.dev/apply-policy": "create-only"}}})
     assert not is_create_only({"metadata": {}})
+
+
+def _obj(owner_uid=None, **labels):
+    meta = {"name": "x", "labels": labels}
+    if owner_uid:
+        meta["ownerReferences"] = [{"kind": "MLflowServer", "uid": owner_uid, "controller": True}]
+    return {"metadata": meta}
+
+
+def test_only_this_servers_objects_are_taken_over():
+    ours = {"app.kubernetes.io/managed-by": "mlflow-operator", "app.kubernetes.io/instance": "a"}
+    manifest = _obj("uid-a", **ours)
+    assert is_ours(manifest, _obj("uid-a", **ours))
+    assert not is_ours(manifest, _obj("uid-b", **ours))  # another server's (same name, recreated)
+    assert not is_ours(manifest, _obj())  # a user's own object with that name
+    assert is_ours(manifest, _obj(**ours))  # orphaned (e.g. deleted with --cascade=orphan)
+    assert not is_ours(manifest, _obj(**{**ours, "app.kubernetes.io/instance": "b"}))
+    binding = _obj(**ours, **{"mlflow-operator.dev/owner-namespace": "team-a"})
+    assert is_ours(binding, binding)
+    assert not is_ours(binding, _obj(**ours, **{"mlflow-operator.dev/owner-namespace": "team-b"}))

@@ -240,6 +240,20 @@ def test_user_supplied_admin_secret_is_adopted(opkube, operator):
     assert _secret_value(kube, "zeta-own-admin", "password") == own["password"]
 
 
+def test_a_users_object_with_a_childs_name_is_not_overwritten(opkube, operator):
+    kube = opkube
+    kube.create("v1/services", {"metadata": {"name": "eta"}, "spec": {"ports": [{"port": 80}]}}, namespace=NS)
+    kube.create(CR, server_manifest("eta", NS))
+    status = wait_for(lambda: _status(kube, "eta").get("phase") == "Degraded" and _status(kube, "eta"),
+                      what="eta Degraded by the name clash")
+    assert _cond(status, "Degraded")["reason"] == "OwnershipConflict"
+    assert "Service/eta" in _cond(status, "Degraded")["message"]
+    assert kube.get("v1/services", NS, "eta")["spec"]["ports"] == [{"port": 80}]
+    kube.delete("v1/services", NS, "eta")
+    wait_for(lambda: _status(kube, "eta").get("phase") == "Progressing", timeout=15, what="eta recovering")
+    assert kube.get("v1/services", NS, "eta")["metadata"]["ownerReferences"][0]["name"] == "eta"
+
+
 def test_optional_objects_follow_the_spec(opkube, operator):
     kube = opkube
     db = {"uriSecretRef": {"name": "gamma-db", "key": "uri"}}  # created by the test above
