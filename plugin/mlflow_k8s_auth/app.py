@@ -9,6 +9,7 @@ does for its own `basic-auth` app.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -65,9 +66,22 @@ CONFIG = _validated_config()
 _bootstrap_in_cli_process()
 
 
+def _configure_logging() -> None:
+    # MLflow gives only its own "mlflow" logger a handler; without one ours would be lost.
+    logger = logging.getLogger(__package__)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y/%m/%d %H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def create_app(app: Any = None) -> Any:
     """App factory named by the `mlflow.app` entry point `k8s-auth`."""
     from mlflow.server import auth as mlflow_auth
+
+    _configure_logging()
 
     runtime.install(runtime.build_runtime(CONFIG, mlflow_auth.store))
     permission_cache.install(mlflow_auth.store, CONFIG.permission_cache_ttl_seconds, CONFIG.cache_max_entries)

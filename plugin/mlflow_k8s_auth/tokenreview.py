@@ -43,6 +43,9 @@ def build_api(kubeconfig: str | None) -> k8s.AuthenticationV1Api:
 def _failure_kind(exc: BaseException) -> str:
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
         exc = exc.reason
+    # urllib3's NewConnectionError (refused, unreachable) subclasses its TimeoutError.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "connection"
     if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
         return "timeout"
     return "connection"
@@ -85,7 +88,8 @@ class TokenReviewer:
             answer = self._client().create_token_review(body, _request_timeout=self._timeout)
         except ApiException as exc:
             # The exception body may echo the request (the token): log the status only.
-            _logger.warning("TokenReview failed with HTTP %s", exc.status)
+            hint = " (may the server's ServiceAccount create tokenreviews?)" if exc.status in (401, 403) else ""
+            _logger.warning("TokenReview failed with HTTP %s%s", exc.status, hint)
             return Unavailable(f"http_{exc.status}")
         except (urllib3.exceptions.HTTPError, OSError, OpenApiException) as exc:
             kind = _failure_kind(exc)

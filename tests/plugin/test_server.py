@@ -239,6 +239,22 @@ def test_api_server_trouble_is_503_and_not_cached(env: Env, faults: None, fault:
     assert_no_secret_logged(env.server, token)
 
 
+def test_api_server_refusing_connections_is_503(env: Env, module_dir: Path) -> None:
+    kubeconfig = env.kube.write_kubeconfig(module_dir / "dead-kubeconfig", server=env.kube.dead_url())
+    ini = render_ini(f"sqlite:///{module_dir}/dead-auth.db", kubeconfig)
+    server = MlflowServer(module_dir / "dead", ini, f"sqlite:///{module_dir}/dead.db").start()
+    try:
+        token = env.token("jobs", "trainer")
+        response = requests.get(server.url + GET_EXPERIMENT, headers=bearer(token), timeout=30)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"].isdigit()
+        assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert_no_secret_logged(server, token)
+        assert "TokenReview failed: connection" in server.log()
+    finally:
+        server.stop()
+
+
 # ---- cache behaviour seen from outside ------------------------------------------------
 
 
