@@ -32,8 +32,6 @@ from typing import Any
 
 import aiohttp.web
 import attrs
-import jsonpatch
-import jsonpointer
 import kmock
 import yaml
 from kmock._internal import apps
@@ -309,31 +307,10 @@ class KubeEmulator(KubeHelpers, WatchMixin, DiscoveryMixin, kmock.KubernetesEmul
             content_type = 'application/merge-patch+json'
         if old is None:
             raise kp.not_found(res.plural or '', res.group or '', name)
-        new = self._apply_patch(res, name, old, patch, content_type)
+        new = kp.apply_patch(old, patch, content_type, self._info(res).kind or '', name)
         self._check_rv(res, name, old, (new.get('metadata') or {}).get('resourceVersion')
                        if content_type != 'application/json-patch+json' else None)
         return 200, self._commit(res, ns, name, old, new, sub, dry_run=dry_run)
-
-    def _apply_patch(self, res: kmock.resource, name: str, old: dict[str, Any], patch: Any,
-                     content_type: str) -> dict[str, Any]:
-        kind = self._info(res).kind or ''
-        if content_type == 'application/json-patch+json':
-            # GAP: a failing JSON patch is a 422 (a malformed one a 400), not a 500.
-            if not isinstance(patch, list) or not all(isinstance(op, dict) for op in patch):
-                raise ApiError(400, 'BadRequest', 'json: cannot unmarshal the body into a JSON patch (an array of operations)')
-            try:
-                return jsonpatch.apply_patch(copy.deepcopy(old), patch)
-            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError) as exc:
-                raise kp.invalid(kind, name, f'the JSON patch could not be applied: {exc}')
-        if not isinstance(patch, dict):
-            raise ApiError(400, 'BadRequest', 'the patch is not a JSON object')
-        if content_type == 'application/merge-patch+json':
-            return kp.merge_patch(old, patch)
-        if content_type == 'application/strategic-merge-patch+json':
-            return kp.strategic_merge_patch(old, patch)  # GAP: lists merged by key
-        raise ApiError(415, 'UnsupportedMediaType', f'the body of the request was in an unknown format - accepted media types include: '
-                       'application/json-patch+json, application/merge-patch+json, '
-                       f'application/apply-patch+yaml, application/strategic-merge-patch+json ({content_type!r})')
 
     def _check_rv(self, res: kmock.resource, name: str, old: dict[str, Any], given: Any) -> None:
         # GAP: optimistic concurrency — a stale resourceVersion is a 409 Conflict.

@@ -1,8 +1,9 @@
 """Pure pieces of the Kubernetes API protocol used by the emulator (no I/O).
 
-URL parsing, API errors (`Status` objects), RFC 7386 merge patch, a
-strategic-merge-patch approximation, and label/field selectors. Kept apart
-from ``tests.support.kube`` so that module holds only server behaviour.
+URL parsing, API errors (`Status` objects), object name rules, patches (JSON
+patch, RFC 7386 merge patch, a strategic-merge-patch approximation), and
+label/field selectors. Kept apart from ``tests.support.kube`` so that module
+holds only server behaviour.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import jsonpatch
+import jsonpointer
 
 @dataclass(frozen=True)
 class ApiPath:
@@ -151,6 +154,27 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def apply_patch(old: dict[str, Any], patch: Any, content_type: str, kind: str, name: str) -> dict[str, Any]:
+    """The object after a PATCH of this content type; errors as the API answers them."""
+    if content_type == 'application/json-patch+json':
+        # A failing JSON patch is a 422 (a malformed one a 400), not kmock's 500.
+        if not isinstance(patch, list) or not all(isinstance(op, dict) for op in patch):
+            raise ApiError(400, 'BadRequest', 'json: cannot unmarshal the body into a JSON patch (an array of operations)')
+        try:
+            return jsonpatch.apply_patch(copy.deepcopy(old), patch)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError) as exc:
+            raise invalid(kind, name, f'the JSON patch could not be applied: {exc}')
+    if not isinstance(patch, dict):
+        raise ApiError(400, 'BadRequest', 'the patch is not a JSON object')
+    if content_type == 'application/merge-patch+json':
+        return merge_patch(old, patch)
+    if content_type == 'application/strategic-merge-patch+json':
+        return strategic_merge_patch(old, patch)  # kmock treated it as a merge patch
+    raise ApiError(415, 'UnsupportedMediaType', 'the body of the request was in an unknown format - accepted media '
+                   'types include: application/json-patch+json, application/merge-patch+json, '
+                   f'application/apply-patch+yaml, application/strategic-merge-patch+json ({content_type!r})')
 
 
 # patchMergeKey of the list fields our manifests use (from the core/v1 and
