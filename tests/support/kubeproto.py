@@ -17,6 +17,7 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 
+
 @dataclass(frozen=True)
 class ApiPath:
     group: str
