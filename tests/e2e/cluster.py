@@ -174,11 +174,12 @@ class LocalCluster:
         self.finished_jobs[(namespace, name)] = code
         return code, log
 
-    def pending_jobs(self, namespace: str) -> list[str]:
+    def pending_jobs(self, namespace: str, owner: str | None = None) -> list[str]:
         jobs = self.list(f"/apis/batch/v1/namespaces/{namespace}/jobs")
         return [
             j["metadata"]["name"] for j in jobs
-            if not (j.get("status") or {}).get("succeeded") and not (j.get("status") or {}).get("failed")
+            if _owned_by(j, owner)
+            and not (j.get("status") or {}).get("succeeded") and not (j.get("status") or {}).get("failed")
             and (namespace, j["metadata"]["name"]) not in self.finished_jobs
         ]
 
@@ -224,13 +225,20 @@ class LocalCluster:
                     target = int(target)
                 self.services.set_service(svc["metadata"]["name"], namespace, port["port"], pod.running.prepared.local_port(target))
 
-    def sync(self, namespace: str, on_event: Callable[[str], None] = lambda _msg: None) -> None:
-        """One pass of the controllers: run new Jobs, roll Deployments whose template changed."""
-        for job in self.pending_jobs(namespace):
+    def sync(self, namespace: str, on_event: Callable[[str], None] = lambda _msg: None,
+             owner: str | None = None) -> None:
+        """One pass of the controllers: run new Jobs, roll Deployments whose template changed.
+
+        ``owner``: only the children of that MLflowServer (others in the namespace stay
+        unscheduled, as if no node had room for them).
+        """
+        for job in self.pending_jobs(namespace, owner):
             on_event(f"running Job {namespace}/{job}")
             code, _ = self.run_job(namespace, job)
             on_event(f"Job {namespace}/{job} {'succeeded' if code == 0 else f'failed (exit {code})'}")
         for deployment in self.list(f"/apis/apps/v1/namespaces/{namespace}/deployments"):
+            if not _owned_by(deployment, owner):
+                continue
             name = deployment["metadata"]["name"]
             current = self.pods.get((namespace, name))
             if current is None or current.revision != template_hash(deployment["spec"]["template"]) \
@@ -243,6 +251,13 @@ class LocalCluster:
         """Env for a process in the role of an in-cluster client (Service URLs work)."""
         return {"HTTP_PROXY": self.proxy.url, "http_proxy": self.proxy.url,
                 "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+def _owned_by(obj: dict[str, Any], owner: str | None) -> bool:
+    if owner is None:
+        return True
+    refs = obj["metadata"].get("ownerReferences") or []
+    return any(r.get("kind") == "MLflowServer" and r.get("name") == owner for r in refs)
 
 
 def _deployment_status(deployment: dict[str, Any]) -> dict[str, Any]:

@@ -135,7 +135,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         while True:
             self.check_operator()
-            self.cluster.sync(namespace, self.say)
+            self.cluster.sync(namespace, self.say, owner=name)
             status = self.status(namespace, name)
             pod = self.cluster.pods.get((namespace, name))
             if status.get("phase") == "Ready" and pod is not None and \
