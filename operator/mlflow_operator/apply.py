@@ -69,9 +69,20 @@ def normalize(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _comparable(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a manifest that a patch may change (identity fields excluded)."""
-    return {key: value for key, value in manifest.items()
+    """The parts of a manifest that a patch may change.
+
+    Kubernetes makes some fields immutable after creation; patching them would fail on
+    every reconcile. A Job's pod template never changes (a new migration gets a new Job
+    name), and of a PVC's spec only the requested size may grow.
+    """
+    body = {key: value for key, value in manifest.items()
             if key not in ("apiVersion", "kind", "status")}
+    if manifest.get("kind") == "Job":
+        body.pop("spec", None)
+    elif manifest.get("kind") == "PersistentVolumeClaim" and "spec" in body:
+        resources = body["spec"].get("resources")
+        body["spec"] = {"resources": resources} if resources else {}
+    return body
 
 
 # Labels that say which MLflowServer an object belongs to (the ones the manifest carries).

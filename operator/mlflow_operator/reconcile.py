@@ -14,7 +14,7 @@ from typing import Any
 
 from mlflow_operator import names, secrets
 from mlflow_operator import status as st
-from mlflow_operator.api import RESOURCES, KubeApi
+from mlflow_operator.api import RESOURCES, ApiError, KubeApi
 from mlflow_operator.apply import ApplyResult, ConflictError, apply_all, prune
 from mlflow_operator.model import (GeneratedSecrets, MLflowServerSpec, ServerRef, SpecError,
                                    StoreUris, parse_spec)
@@ -156,6 +156,12 @@ def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | Non
         return _finish(previous, st.Observation(generation, problem=st.Problem(exc.reason, exc.message), **identity))
     except ConflictError as exc:
         return _finish(previous, st.Observation(generation, problem=st.Problem("OwnershipConflict", str(exc)), **identity))
+    except ApiError as exc:
+        if exc.status not in (400, 422):
+            raise  # transient or unexpected: the handlers retry with a backoff
+        # The API server rejects what the spec asks for (e.g. a quantity it cannot parse):
+        # retrying cannot help, a spec change can.
+        return _finish(previous, st.Observation(generation, problem=st.Problem("Rejected", str(exc)), **identity))
     problem = None
     if migration is not None and migration.state == "Failed":
         problem = st.Problem("MigrationFailed", f"Database migration Job {migration.job} failed;"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from mlflow_operator.apply import is_create_only, is_ours, is_subset, normalize
+from mlflow_operator.apply import _comparable, is_create_only, is_ours, is_subset, normalize
 
 
 def test_server_defaults_do_not_count_as_drift():
@@ -64,3 +64,13 @@ def test_only_this_servers_objects_are_taken_over():
     binding = _obj(**ours, **{"mlflow-operator.dev/owner-namespace": "team-a"})
     assert is_ours(binding, binding)
     assert not is_ours(binding, _obj(**ours, **{"mlflow-operator.dev/owner-namespace": "team-b"}))
+
+
+def test_immutable_fields_are_never_patched():
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "m", "labels": {"a": "1"}},
+           "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "new"}]}}}}
+    assert _comparable(job) == {"metadata": job["metadata"]}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "d"},
+           "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                    "resources": {"requests": {"storage": "20Gi"}}}}
+    assert _comparable(pvc)["spec"] == {"resources": {"requests": {"storage": "20Gi"}}}

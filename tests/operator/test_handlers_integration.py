@@ -290,6 +290,20 @@ def test_api_failure_is_retried_and_reported(opkube, operator):
     wait_for(lambda: (_status(kube, "epsilon").get("migration") or {}).get("job"), what="epsilon reconciled")
 
 
+def test_an_object_the_api_rejects_degrades_instead_of_retrying(opkube, operator):
+    kube = opkube
+    kube.trim_requests()
+    # (Another path than the 500 above: kmock's earlier reaction would answer first.)
+    kube[f"post /api/v1/namespaces/{NS}/serviceaccounts"][:1] << 422
+    kube.create(CR, server_manifest("theta", NS))
+    status = wait_for(lambda: _status(kube, "theta").get("phase") == "Degraded" and _status(kube, "theta"),
+                      what="theta Degraded: Rejected")
+    assert _cond(status, "Degraded")["reason"] == "Rejected"
+    assert "create ServiceAccount/theta-server failed with HTTP 422" in _cond(status, "Degraded")["message"]
+    # The resync tries again (the API accepts it now): recovered.
+    wait_for(lambda: _status(kube, "theta").get("phase") == "Progressing", timeout=15, what="theta recovering")
+
+
 def test_restart_keeps_generated_secrets(opkube, operator):
     kube = opkube
     password = _secret_value(kube, "alpha-admin", "password")
