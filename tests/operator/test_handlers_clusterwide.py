@@ -1,5 +1,6 @@
 """`mlflow-operator run --all-namespaces`: one operator serves every namespace, including
-namespaces created after it started."""
+namespaces created after it started. The resync timer is set far out here, so what
+happens quickly happens through the watches on owned children."""
 from __future__ import annotations
 
 from tests.operator import rbac_record
@@ -14,7 +15,8 @@ def _job(kube, namespace: str, name: str) -> str | None:
 def test_all_namespaces_mode_reconciles_everywhere(opkube, tmp_path):
     kube = opkube
     kube.create_namespace("ml-one")
-    operator = OperatorProcess(kube, tmp_path, namespaces=[], extra=["--all-namespaces"]).start()
+    operator = OperatorProcess(kube, tmp_path, namespaces=[], resync_seconds=600,
+                               extra=["--all-namespaces"]).start()
     try:
         kube.create(CR, server_manifest("tracking", "ml-one"))
         kube.create_namespace("ml-two")  # appears while the operator runs
@@ -24,6 +26,12 @@ def test_all_namespaces_mode_reconciles_everywhere(opkube, tmp_path):
             assert kube.get("batch/v1/jobs", namespace, job) is not None
         assert kube.get("rbac.authorization.k8s.io/v1/clusterrolebindings", None,
                         "mlflow-operator:ml-two:tracking:auth-delegator") is not None
+        # A finished Job rolls out the Deployment; a deleted Service comes back: both at once.
+        kube.mark_job_finished("ml-one", _job(kube, "ml-one", "tracking"))
+        wait_for(lambda: kube.get("apps/v1/deployments", "ml-one", "tracking"), timeout=10,
+                 what="the Deployment after the migration finished")
+        kube.delete("v1/services", "ml-two", "tracking")
+        wait_for(lambda: kube.get("v1/services", "ml-two", "tracking"), timeout=10, what="Service restored")
     finally:
         operator.stop()
     observed = set(kube.api_calls)
