@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ def _bootstrap_in_cli_process() -> None:
         _fail(f"cannot start: {_redact(str(message))}")
     # Inherited by the uvicorn workers `mlflow server` spawns next.
     os.environ["_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"] = "true"
+    # MLflow gives server-spawned job processes (online scoring via the gateway) a shared
+    # random token only for its basic-auth app; do the same so they work under k8s-auth.
+    os.environ.setdefault("_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 CONFIG = _validated_config()
