@@ -196,11 +196,13 @@ class LocalCluster:
         current = self.pods.get((namespace, name))
         if current is not None and current.revision == revision and current.running.proc.poll() is None:
             return current
-        if current is not None:
+        port_hint = None
+        if current is not None:  # Recreate: the old pod goes first, and frees its port
             current.running.stop()
+            port_hint = current.running.prepared.ports
             del self.pods[(namespace, name)]
         pod_name = f"{name}-{revision}-{secrets.token_hex(3)}"
-        plan = self.kubelet.prepare(pod_name, namespace, template["spec"], template.get("metadata"))
+        plan = self.kubelet.prepare(pod_name, namespace, template["spec"], template.get("metadata"), port_hint)
         running = processes.start_pod(plan, self.root / "logs", timeout)
         try:
             processes.wait_ready(running, timeout)

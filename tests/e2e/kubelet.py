@@ -124,8 +124,13 @@ class Kubelet:
         namespace: str,
         pod_spec: Mapping[str, Any],
         metadata: Mapping[str, Any] | None = None,
+        port_hint: Mapping[int, int] | None = None,
     ) -> PodPlan:
-        """Materialise the pod's volumes once; resolve every container into argv/env/cwd."""
+        """Materialise the pod's volumes once; resolve every container into argv/env/cwd.
+
+        ``port_hint``: container port -> local port to reuse (a restarted server keeps its
+        URL, as a Service would).
+        """
         metadata = {"name": pod_name, "namespace": namespace, **(metadata or {})}
         pod_dir = self.root / "pods" / namespace / pod_name
         if pod_dir.exists():
@@ -151,7 +156,10 @@ class Kubelet:
             if "kube-api-access" in volumes and not any(m == SA_DIR for m, _ in mounts):
                 mounts.append((SA_DIR, volumes["kube-api-access"]))
             all_mounts += mounts
-            prepared.append(self._container(ctr, pod_name, namespace, metadata, pod_spec, mounts, kubeconfig, home, pod_dir))
+            ports = {p["containerPort"]: (port_hint or {}).get(p["containerPort"]) or free_port()
+                     for p in ctr.get("ports", [])}
+            prepared.append(self._container(ctr, pod_name, namespace, metadata, pod_spec, mounts,
+                                            kubeconfig, home, pod_dir, ports))
         self._remap_file_contents(volumes, all_mounts)
         n_init = len(pod_spec.get("initContainers", []))
         return PodPlan(pod_name, namespace, pod_dir, prepared[:n_init], prepared[n_init:])
@@ -167,8 +175,8 @@ class Kubelet:
         kubeconfig: Path,
         home: Path,
         pod_dir: Path,
+        ports: dict[int, int],
     ) -> Prepared:
-        ports = {p["containerPort"]: free_port() for p in ctr.get("ports", [])}
         named = {p["name"]: p["containerPort"] for p in ctr.get("ports", []) if p.get("name")}
         env = self._resolve_env(ctr, namespace, metadata, pod_spec, mounts)
         # Remap the literal text first, then expand $(VAR) with env values already remapped.

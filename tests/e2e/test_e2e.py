@@ -35,8 +35,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with EmulatorThread() as emulator, Stack(emulator.url, root) as stack:
         stack.start_operator([NS, OTHER_NS])
         yield stack
-        # Whatever happened, no secret reached a log line.
-        _assert_no_secrets_in_logs(stack, root)
+        # Whatever happened, no secret reached a log line and nothing crashed.
+        _assert_clean_logs(stack, root)
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,7 @@ def test_changing_allowed_namespaces_rolls_the_server_and_enforces_the_new_polic
     new_status, new_pod = stack.bring_up(NS, NAME)
     assert new_pod.revision != pod.revision
     assert pod.running.proc.poll() is not None  # the old pod is gone
+    assert new_pod.url == pod.url  # same local port, as behind a Service
     # its own experiment: the default permission (READ) does not let it write into team-a's
     verdict = stack.run_job(OTHER_NS, "train-allowed-now", service_account="trainer",
                             tracking_uri=new_status["url"], audience=new_status["audience"],
@@ -172,7 +173,7 @@ def test_changing_allowed_namespaces_rolls_the_server_and_enforces_the_new_polic
     assert verdict["ok"], verdict
 
 
-def _assert_no_secrets_in_logs(stack: Stack, root: Path) -> None:
+def _assert_clean_logs(stack: Stack, root: Path) -> None:
     secrets = []
     for ns in (NS,):
         for secret in stack.cluster.list(f"/api/v1/namespaces/{ns}/secrets"):
@@ -182,6 +183,7 @@ def _assert_no_secrets_in_logs(stack: Stack, root: Path) -> None:
     tokens = [p.read_text() for p in root.rglob("token") if p.is_file()]
     for log in (root / "logs").glob("*.log"):
         text = log.read_text(errors="replace")
+        assert "Traceback (most recent call last)" not in text, f"a traceback in {log.name}"
         for secret in secrets:
             assert secret not in text, f"a Secret value appears in {log.name}"
         for token in tokens:
