@@ -80,7 +80,6 @@ def _run(args: argparse.Namespace, workdir: Path, p: Progress) -> int:
         kubeconfig = workdir / "kubeconfig"
         emulator.write_kubeconfig(kubeconfig, namespace)
         p.info(f"API server: {emulator.url}")
-        p.info(f"kubectl:    export KUBECONFIG={kubeconfig}   (add --validate=false to apply)")
 
         p.step(f"Starting the operator: mlflow-operator run --namespace {namespace}")
         stack.start_operator([namespace])
@@ -116,6 +115,11 @@ def _run(args: argparse.Namespace, workdir: Path, p: Progress) -> int:
                   + a token projected with audience {status['audience']}  (see {JOB_FILE.relative_to(ROOT)})
       from here:  export MLFLOW_TRACKING_URI={pod.url} MLFLOW_TRACKING_USERNAME=admin
                   export MLFLOW_TRACKING_PASSWORD="$(cat {password_file})"
+      kubectl:    export KUBECONFIG={kubeconfig} PATH={ROOT / ".cache" / "bin"}:$PATH
+                  kubectl -n {namespace} get mlflow,deploy,job,svc,secret,pvc
+                  kubectl -n {namespace} patch mlflow {name} --type merge \\
+                    -p '{{"spec":{{"auth":{{"allowedNamespaces":["{namespace}","team-b"]}}}}}}'
+                  (the operator re-renders; this demo restarts the server on the same URL)
       files:      {workdir}  (logs/ has the operator, Job and server output)
 """, flush=True)
         if args.exit_after_job:
