@@ -160,7 +160,11 @@ class Kubelet:
                      for p in ctr.get("ports", [])}
             prepared.append(self._container(ctr, pod_name, namespace, metadata, pod_spec, mounts,
                                             kubeconfig, home, pod_dir, ports))
-        self._remap_file_contents(volumes, all_mounts)
+        # Only volumes projected from API objects hold configuration; PVCs and emptyDirs
+        # hold the workload's own data, never rewritten.
+        projected = [volumes[v["name"]] for v in pod_spec.get("volumes", [])
+                     if not {"persistentVolumeClaim", "emptyDir"} & set(v)]
+        self._remap_file_contents(projected, all_mounts)
         n_init = len(pod_spec.get("initContainers", []))
         return PodPlan(pod_name, namespace, pod_dir, prepared[:n_init], prepared[n_init:])
 
@@ -393,11 +397,9 @@ class Kubelet:
         return mounts
 
     @staticmethod
-    def _remap_file_contents(volumes: Mapping[str, Path], mounts: list[tuple[str, Path]]) -> None:
+    def _remap_file_contents(volumes: list[Path], mounts: list[tuple[str, Path]]) -> None:
         """Rule 1 for config files: the ini the operator renders names absolute paths."""
-        for path in volumes.values():
-            if "/pvc/" in str(path):
-                continue  # user data, not configuration
+        for path in volumes:
             for file in path.rglob("*"):
                 if file.is_file() and not file.is_symlink():
                     try:

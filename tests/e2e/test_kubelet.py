@@ -69,3 +69,41 @@ def test_rendered_migration_job_runs_init_container_then_auth_upgrade(kube: Kube
     a = Path(plan.init[0].argv[3].removeprefix("sqlite:///")).parent.resolve()
     b = Path(plan.main[0].argv[-1].removeprefix("sqlite:///")).parent.resolve()
     assert a == b == (tmp_path / "pvc" / "team-a" / "mlflow-data").resolve()
+
+
+def test_job_pod_gets_a_projected_token_with_the_requested_audience(kube: KubeEmulator, tmp_path: Path) -> None:
+    import jwt
+    import pytest
+
+    from tests.e2e import sample_job
+    from tests.e2e.kubelet import PodError
+
+    cluster = LocalCluster(kube.url, tmp_path)
+    configmap, job = sample_job.job_objects(name="train", namespace="team-a", service_account_name="trainer",
+                                            tracking_uri="http://mlflow.team-a.svc:5000", audience="https://aud")
+    kube.create("v1/configmaps", configmap, namespace="team-a")
+    spec = job["spec"]["template"]["spec"]
+    with pytest.raises(PodError, match="ServiceAccount team-a/trainer not found"):
+        cluster.kubelet.prepare("train-x", "team-a", spec)
+    uid = kube.create_service_account("team-a", "trainer")
+    (ctr,) = cluster.kubelet.prepare("train-x", "team-a", spec).main
+    claims = jwt.decode(Path(ctr.env["MLFLOW_K8S_TOKEN_PATH"]).read_text(), options={"verify_signature": False})
+    assert claims["aud"] == ["https://aud"]
+    assert claims["sub"] == "system:serviceaccount:team-a:trainer"
+    assert claims["kubernetes.io"]["serviceaccount"]["uid"] == uid
+    assert ctr.argv == ["python", str(Path(ctr.pod_dir) / "rootfs/train/app/train.py")]
+    # rule 1 covers file contents too: the script's own mention of /app/train.py is remapped
+    assert Path(ctr.argv[1]).read_text() == sample_job.SCRIPT.read_text().replace("/app/train.py", ctr.argv[1])
+    assert ctr.env["MLFLOW_TRACKING_URI"] == "http://mlflow.team-a.svc:5000"  # untouched: DNS is rule 5
+
+
+def test_missing_secret_key_is_a_clear_pod_error(kube: KubeEmulator, tmp_path: Path) -> None:
+    import pytest
+
+    from tests.e2e.kubelet import PodError
+
+    objects = _store(kube, "team-a", {})
+    kube.delete("v1/secrets", "team-a", "mlflow-admin")
+    template = objects["Deployment"]["spec"]["template"]
+    with pytest.raises(PodError, match="Secret team-a/mlflow-admin not found"):
+        LocalCluster(kube.url, tmp_path).kubelet.prepare("mlflow-x", "team-a", template["spec"])
