@@ -10,33 +10,44 @@ namespace without privileges, a few things are remapped, each by one documented 
 1. Filesystem (volumeMounts). Every volume is materialised under ``<root>`` (Secret,
    ConfigMap, projected, downwardAPI and emptyDir volumes per pod; PVCs per claim, shared
    by every pod that mounts the claim, so the migration Job and the server see the same
-   sqlite file). Each mount path ``/x/y`` becomes ``<pod dir>/rootfs/x/y`` (a symlink to the
-   volume, or to its ``subPath``). Because absolute paths are baked into what the process
-   reads, every occurrence of a mount path, at a path boundary, is rewritten to its local
-   twin in: command, args, env values, workingDir, and the text of files projected from
-   Secrets/ConfigMaps (e.g. an ini naming ``sqlite:////var/lib/mlflow/auth.db``). Longest
-   mount path first; nothing else in those strings changes.
+   sqlite file). Mount path ``/x/y`` of container ``c`` becomes
+   ``<pod dir>/rootfs/c/x/y`` (a symlink to the volume, or to its ``subPath``). Because
+   absolute paths are baked into what the process reads, every occurrence of a mount
+   path, at a path boundary, is rewritten to its local twin in: command, args, env
+   values, workingDir, and the text of files projected from Secrets/ConfigMaps (the
+   rendered auth ini names ``sqlite:////data/auth.db``). One pass, longest path first
+   (the twins live under /tmp, itself a mount path); literal args are rewritten before
+   ``$(VAR)`` expansion, so values from Secrets are rewritten exactly once. Nothing else
+   in those strings changes. Alternatives rejected: a chroot or mount namespace needs
+   privileges CI does not have; ``kubeconfig``/path keys added to the ini would be
+   hand-written config the operator never rendered.
 2. Network (containerPorts). A pod has its own network namespace; local processes share
-   one. Each declared containerPort gets a free local port, and the port number is
-   rewritten where it is an argument value (``--port 5000``, ``--port=5000``,
-   ``host:5000``); a bind host of ``0.0.0.0``/``::`` becomes ``127.0.0.1`` so nothing is
-   exposed beyond loopback. Probes are resolved against the same mapping.
-3. API server. In-cluster config requires https and the fixed path
-   ``/var/run/secrets/kubernetes.io/serviceaccount``; the emulator is plain http. So the
-   kubelet mints a token for the pod's ServiceAccount (API server audience), writes a
-   kubeconfig naming the emulator with that token, and sets ``KUBECONFIG`` (which the
-   ``kubernetes`` client honours, as do the operator and the plugin when their own
-   kubeconfig setting is empty). The usual SA files (token, ca.crt placeholder-free:
-   omitted, namespace) are still mounted at the remapped in-cluster path.
+   one. Each declared containerPort gets a free local port (kept across restarts of one
+   Deployment), and the port number is rewritten where it is an argument value
+   (``--port 5000``, ``--port=5000``, ``host:5000``); a bind host of ``0.0.0.0``/``::``
+   becomes ``127.0.0.1`` so nothing is exposed beyond loopback. The readinessProbe is
+   resolved against the same mapping (named ports too).
+3. API server. In-cluster config requires https and reads the fixed path
+   ``/var/run/secrets/kubernetes.io/serviceaccount/token``; the emulator is plain http.
+   So the kubelet mints a token for the pod's ServiceAccount (what TokenRequest would
+   give: signed by the key the emulator trusts, bound to the SA's uid), writes a
+   kubeconfig naming the emulator with that token, and sets ``KUBECONFIG``, which the
+   ``kubernetes`` client, Kopf and the plugin (when its ``[k8s_auth] kubeconfig`` is
+   empty) honour, like kubectl. The usual SA files (token, namespace; no ca.crt, there is
+   no TLS) are still mounted at the remapped in-cluster path.
 4. Image. The container image's Python environment is this repository's venv: ``PATH``
-   starts with the venv's ``bin``; ``HOME`` is a per-pod directory (the image's home).
+   starts with the venv's ``bin``; ``HOME`` is a per-pod directory unless the manifest
+   sets it. Nothing else of the caller's environment leaks into a pod.
 5. Cluster DNS. Service names (``<svc>.<ns>.svc``) do not resolve locally, so pods get
    ``HTTP_PROXY`` pointing at the harness's Service proxy (``tests.e2e.network``), which
    routes by Host to the local port of the pod behind the Service and keeps the Host
    header, so the server's ``--allowed-hosts`` check sees what it would in a cluster.
 
-Not emulated (documented, by design): securityContext (uid, read-only root filesystem,
-capabilities) and resources; a test asserts them on the manifest instead.
+Not emulated, by design: securityContext (uid, read-only root filesystem, capabilities),
+resources, startup/liveness probes, scheduling, more than one replica. The render tests
+assert those on the manifests. Controllers (Job, Deployment, Service) are in
+``tests.e2e.cluster``; processes in ``tests.e2e.processes``; the rules as pure functions
+in ``tests.e2e.remap``.
 """
 
 from __future__ import annotations
