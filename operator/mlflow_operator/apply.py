@@ -136,9 +136,12 @@ def apply_one(api: KubeApi, manifest: Mapping[str, Any], result: ApplyResult,
                 raise
             # Created concurrently (another reconcile, or a user): re-read and fall through.
             live = api.get(res, meta.get("namespace"), meta["name"]) or {}
+    elif is_create_only(manifest):
+        # Never written after creation, whoever made it (e.g. a user restoring a Secret).
+        result.unchanged.append(what)
     elif not is_ours(manifest, live):
         raise ConflictError(what)
-    elif is_create_only(manifest) or is_subset(_comparable(manifest), live):
+    elif is_subset(_comparable(manifest), live):
         result.unchanged.append(what)
     else:
         live = api.patch(res, meta.get("namespace"), meta["name"], _comparable(manifest))

@@ -62,23 +62,41 @@ def check_user_secrets(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec) -> 
             raise secrets.MissingSecret(ref.namespace, spec.artifacts.credentials_secret)
 
 
+def _read_generated(api: KubeApi, ref: ServerRef, name: str, key: str,
+                    known: dict[str, dict[str, Any] | None]) -> str | None:
+    """The stored value, None when the Secret does not exist yet."""
+    secret = api.get(SECRET, ref.namespace, name)
+    known[f"Secret/{name}"] = secret
+    if secret is None:
+        return None
+    value = secrets.value_of(secret, key)
+    if not value:  # never paper over a damaged Secret with a fresh value
+        raise secrets.MissingSecret(ref.namespace, name, key, empty=value == "")
+    return value
+
+
 def load_generated(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec,
                    known: dict[str, dict[str, Any] | None]) -> GeneratedSecrets:
     """Read the generated values back, generating only those whose Secret is missing.
 
     The live Secrets (or None) are recorded in `known` so apply does not fetch them again.
     """
-    key_name = names.secret_key_secret_name(ref)
-    key_secret = api.get(SECRET, ref.namespace, key_name)
-    known[f"Secret/{key_name}"] = key_secret
-    flask_key = secrets.value_of(key_secret, names.SECRET_KEY_KEY) or secrets.generate_secret_key()
-    password = None
+    flask_key = _read_generated(api, ref, names.secret_key_secret_name(ref), names.SECRET_KEY_KEY, known)
+    password, admin_name = None, None
     if not spec.auth.basic_auth.existing_admin_secret:
         admin_name = names.admin_secret_name(ref, spec)
-        admin = api.get(SECRET, ref.namespace, admin_name)
-        known[f"Secret/{admin_name}"] = admin
-        password = secrets.value_of(admin, names.ADMIN_PASSWORD_KEY) or secrets.generate_password()
-    return GeneratedSecrets(flask_secret_key=flask_key, admin_password=password)
+        password = _read_generated(api, ref, admin_name, names.ADMIN_PASSWORD_KEY, known)
+    if admin_name and password is None:
+        # The config Secret exists once a server was set up: its admin is in the auth
+        # database by now, with the old password. (A lost Flask key only ends sessions.)
+        config_name = names.config_secret_name(ref)
+        config = api.get(SECRET, ref.namespace, config_name)
+        known[f"Secret/{config_name}"] = config
+        if config is not None:
+            raise secrets.LostSecret(ref.namespace, admin_name)
+        password = secrets.generate_password()
+    return GeneratedSecrets(flask_secret_key=flask_key or secrets.generate_secret_key(),
+                            admin_password=password)
 
 
 def _split(objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:

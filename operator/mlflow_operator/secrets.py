@@ -28,6 +28,19 @@ class MissingSecret(Exception):
                          " server recovers on the next reconcile")
 
 
+class LostSecret(MissingSecret):
+    """A generated Secret vanished after the server was set up with its value."""
+
+    def __init__(self, namespace: str, name: str):
+        Exception.__init__(
+            self, f"Secret {name!r} holding the admin password was deleted after the server was"
+            " set up; the password also lives in the auth database, so the operator does not"
+            " invent a new one. Recreate the Secret with the old keys username and password,"
+            " or point auth.basicAuth.existingAdminSecret at a Secret that has them")
+        self.namespace, self.name, self.key = namespace, name, None
+        self.reason = "AdminSecretLost"
+
+
 def generate_password() -> str:
     # URL-safe: the password ends up in an ini file and in HTTP Basic credentials.
     return secrets.token_urlsafe(24)

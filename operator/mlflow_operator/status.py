@@ -99,7 +99,9 @@ def _progress(obs: Observation) -> tuple[bool, str, str]:
     if roll is None or not roll.complete:
         ready = roll.ready if roll else 0
         desired = roll.desired if roll else 0
-        return True, "RollingOut", f"{ready}/{desired} replicas ready"
+        pending = "" if roll is None or roll.current and roll.updated >= desired \
+            else "; the new pod template is rolling out"
+        return True, "RollingOut", f"{ready}/{desired} replicas ready{pending}"
     return False, "Reconciled", "All objects are up to date"
 
 
@@ -111,6 +113,8 @@ def _readiness(obs: Observation) -> tuple[bool, str, str]:
         return True, "ScaledToZero", "Scaled to zero replicas"
     if roll.ready >= 1 and roll.complete:
         return True, "ReplicasReady", f"{roll.ready}/{roll.desired} replicas ready"
+    if not roll.current or roll.updated < roll.desired:
+        return False, "RollingOut", f"{roll.ready}/{roll.desired} replicas ready, not all on the new pod template"
     return False, "ReplicasNotReady", f"{roll.ready}/{roll.desired} replicas ready"
 
 

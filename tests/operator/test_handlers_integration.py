@@ -322,6 +322,25 @@ def test_restart_keeps_generated_secrets(opkube, operator):
         assert value not in str(kube.list(CR, NS))
 
 
+def test_lost_admin_secret_is_reported_not_regenerated(opkube, operator):
+    kube = opkube
+    password = _secret_value(kube, "alpha-admin", "password")
+    kube.delete("v1/secrets", NS, "alpha-admin")
+    status = wait_for(lambda: _status(kube, "alpha").get("phase") == "Degraded" and _status(kube, "alpha"),
+                      timeout=10, what="alpha Degraded: admin Secret lost")
+    assert _cond(status, "Degraded")["reason"] == "AdminSecretLost"
+    assert kube.get("v1/secrets", NS, "alpha-admin") is None  # no new password invented
+    restored = {"username": "admin", "password": password}
+    kube.create("v1/secrets", {"metadata": {"name": "alpha-admin"},
+                               "data": {k: base64.b64encode(v.encode()).decode() for k, v in restored.items()}},
+                namespace=NS)
+    wait_for(lambda: _cond(_status(kube, "alpha"), "Degraded").get("status") == "False", timeout=15,
+             what="alpha no longer Degraded")
+    kube.mark_deployment_available(NS, "alpha")  # the drift repairs above changed its spec
+    wait_for(lambda: _status(kube, "alpha").get("phase") == "Ready", timeout=15, what="alpha Ready again")
+    assert _secret_value(kube, "alpha-admin", "password") == password
+
+
 def test_delete_removes_cluster_role_binding(opkube, operator):
     kube = opkube
     name = f"mlflow-operator:{NS}:alpha:auth-delegator"
