@@ -188,3 +188,54 @@ def _assert_clean_logs(stack: Stack, root: Path) -> None:
             assert secret not in text, f"a Secret value appears in {log.name}"
         for token in tokens:
             assert token not in text and token.split(".")[-1] not in text, f"a token appears in {log.name}"
+
+
+@pytest.fixture()
+def postgres_databases() -> Iterator[dict[str, str]]:
+    """Two fresh PostgreSQL databases (tracking, auth) on 127.0.0.1, dropped afterwards."""
+    import secrets as _secrets
+
+    import psycopg2
+
+    names = {kind: f"e2e_{kind}_{_secrets.token_hex(4)}" for kind in ("tracking", "auth")}
+    admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="test")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        for db in names.values():
+            cur.execute(f"CREATE DATABASE {db}")
+    try:
+        yield {kind: f"postgresql://postgres@127.0.0.1:5432/{db}" for kind, db in names.items()}
+    finally:
+        with admin.cursor() as cur:
+            for db in names.values():
+                cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()
+
+
+def test_external_postgres_from_secret_refs_is_migrated_and_used(
+    stack: Stack, served: tuple[dict[str, Any], ServerPod], postgres_databases: dict[str, str]
+) -> None:
+    import psycopg2
+
+    stack.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prod-db", "namespace": NS},
+                 "data": {k: base64.b64encode(v.encode()).decode() for k, v in postgres_databases.items()}})
+    stack.apply_server(NS, "prod", {
+        "backendStore": {"uriSecretRef": {"name": "prod-db", "key": "tracking"}},
+        "auth": {"authDatabase": {"uriSecretRef": {"name": "prod-db", "key": "auth"}}},
+        "server": {"workers": 1},
+    })
+    try:
+        status, pod = stack.bring_up(NS, "prod")
+        verdict = stack.run_job(NS, "train-prod", service_account="trainer",
+                                tracking_uri=status["url"], audience=status["audience"])
+        assert verdict["ok"], verdict
+        with psycopg2.connect(postgres_databases["tracking"]) as conn, conn.cursor() as cur:
+            cur.execute("SELECT name FROM experiments")
+            assert ("sample-training",) in cur.fetchall()
+        with psycopg2.connect(postgres_databases["auth"]) as conn, conn.cursor() as cur:
+            cur.execute("SELECT username, is_admin FROM users")
+            assert (f"system:serviceaccount:{NS}:trainer", False) in cur.fetchall()
+    finally:
+        pod = stack.cluster.pods.pop((NS, "prod"), None)
+        if pod is not None:
+            pod.running.stop()  # release the databases before they are dropped
