@@ -49,7 +49,7 @@ class Stack:
     # -- objects -------------------------------------------------------------------
 
     def ensure(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Create unless it exists (the demo may be re-run against a long-lived API)."""
+        """Create unless it exists (several jobs share one ServiceAccount)."""
         existing = self.cluster.get(f"{path}/{body['metadata']['name']}")
         return existing if existing is not None else self.cluster.create(path, body)
 

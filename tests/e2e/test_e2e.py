@@ -78,7 +78,7 @@ def test_operator_status_names_url_audience_and_admin_secret(stack: Stack, serve
     status, pod = served
     assert status["phase"] == "Ready"
     assert status["url"] == f"http://{NAME}.{NS}.svc:5000"
-    assert status["audience"]
+    assert status["audience"] == f"https://{NAME}.{NS}.svc"
     assert status["adminSecret"]
     # what ran is what the operator rendered: its own command, app and config
     assert pod.running.prepared.argv[:4] == ["mlflow", "server", "--app-name", "k8s-auth"]
