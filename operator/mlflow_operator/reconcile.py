@@ -146,6 +146,10 @@ def _apply_and_gate(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec, object
     return result, migration, st.Rollout.from_deployment(spec.replicas, deployment), deleted
 
 
+# API answers that retrying cannot fix, only a change by a human: shown as Degraded.
+_PERMANENT = {400: "Rejected", 422: "Rejected", 403: "Forbidden"}
+
+
 def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> Outcome:
     """`previous`: the last status written, if the caller knows a fresher one than the body's."""
     ref, generation = server_ref(body), int(body["metadata"].get("generation") or 0)
@@ -158,6 +162,10 @@ def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | Non
     identity = dict(url=names.external_url(spec) or names.server_url(ref, spec),
                     audience=names.audience(spec, ref),
                     admin_secret=names.admin_secret_name(ref, spec) if spec.auth.basic_auth.enabled else None)
+
+    def degraded(reason: str, message: str) -> Outcome:
+        return _finish(previous, st.Observation(generation, problem=st.Problem(reason, message), **identity))
+
     known: dict[str, dict[str, Any] | None] = {}
     try:
         uris = read_store_uris(api, ref, spec)
@@ -169,21 +177,19 @@ def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | Non
         result, migration, rollout, deleted = _apply_and_gate(api, ref, spec, objects, known,
                                                               spec_changed, previous)
     except secrets.MissingSecret as exc:
-        return _finish(previous, st.Observation(generation, problem=st.Problem(exc.reason, str(exc)), **identity))
-    except SpecError as exc:  # render-time checks (e.g. a URI scheme the server cannot use)
-        return _finish(previous, st.Observation(generation, problem=st.Problem(exc.reason, exc.message), **identity))
+        return degraded(exc.reason, str(exc))
+    except SpecError as exc:  # render-time checks (e.g. a name the API server would reject)
+        return degraded(exc.reason, exc.message)
     except ConflictError as exc:
-        return _finish(previous, st.Observation(generation, problem=st.Problem("OwnershipConflict", str(exc)), **identity))
+        return degraded("OwnershipConflict", str(exc))
     except ApiError as exc:
-        if exc.status not in (400, 422):
+        if exc.status not in _PERMANENT:
             raise  # transient or unexpected: the handlers retry with a backoff
-        # The API server rejects what the spec asks for (e.g. a quantity it cannot parse):
-        # retrying cannot help, a spec change can.
-        return _finish(previous, st.Observation(generation, problem=st.Problem("Rejected", str(exc)), **identity))
+        return degraded(_PERMANENT[exc.status], str(exc))
     problem = None
     if migration is not None and migration.state == "Failed":
         problem = st.Problem("MigrationFailed", f"Database migration Job {migration.job} failed;"
-                             " see its pod logs (kubectl logs job/" + migration.job + ")")
+                             f" see its pod logs (kubectl logs job/{migration.job})")
     obs = st.Observation(generation, problem=problem, migration=migration, rollout=rollout, **identity)
     outcome = _finish(previous, obs)
     outcome.created, outcome.updated, outcome.deleted = result.created, result.updated, deleted
