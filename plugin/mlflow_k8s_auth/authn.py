@@ -26,13 +26,17 @@ Result = Authorization | Response
 
 
 def authenticate_request() -> Result:
+    memo = g.get(_MEMO)
+    if memo is not None:
+        return memo
+    result = _authenticate_safely()
+    setattr(g, _MEMO, result)
+    return result
+
+
+def _authenticate_safely() -> Result:
     try:
-        memo = g.get(_MEMO)
-        if memo is not None:
-            return memo
-        result = _authenticate(request.headers, request.path)
-        setattr(g, _MEMO, result)
-        return result
+        return _authenticate(request.headers, request.path)
     except Exception as exc:  # a bug or a dead database must not become a 500 with a trace
         _logger.error("authentication failed unexpectedly: %s", type(exc).__name__)
         metrics.AUTH_DECISIONS.labels(method="unknown", result="error").inc()

@@ -7,6 +7,8 @@ import json
 from flask import Response
 
 RETRY_AFTER_SECONDS = 5
+CHALLENGE_WITH_BASIC = 'Bearer realm="mlflow", Basic realm="mlflow"'
+CHALLENGE_BEARER_ONLY = 'Bearer realm="mlflow"'
 
 
 def _json(status: int, error_code: str, message: str) -> Response:
@@ -16,7 +18,8 @@ def _json(status: int, error_code: str, message: str) -> Response:
 
 def unauthenticated(message: str, allow_basic: bool) -> Response:
     response = _json(401, "UNAUTHENTICATED", message)
-    response.headers["WWW-Authenticate"] = "Bearer, Basic" if allow_basic else "Bearer"
+    # With a realm the Basic challenge is RFC 7617-valid, so browsers show the login prompt.
+    response.headers["WWW-Authenticate"] = CHALLENGE_WITH_BASIC if allow_basic else CHALLENGE_BEARER_ONLY
     return response
 
 

@@ -15,7 +15,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +158,10 @@ class Postgres:
                 return cur.fetchall()
 
 
+    def drop(self) -> None:
+        _admin_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
 def _admin_sql(sql: str) -> None:
     conn = psycopg2.connect(PG_DSN)
     conn.autocommit = True
@@ -169,7 +173,7 @@ def _admin_sql(sql: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def fresh_databases() -> Iterator[callable]:  # type: ignore[valid-type]
+def fresh_databases() -> Iterator[Callable[[], Postgres]]:
     """Factory for fresh PostgreSQL databases, dropped when the module ends."""
     created: list[str] = []
 

@@ -20,6 +20,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.server import get_app_client
 
+from mlflow_k8s_auth.responses import CHALLENGE_WITH_BASIC
 from tests.plugin.conftest import ADMIN_PASSWORD, ADMIN_USER, AUDIENCE, MlflowServer, render_ini
 from tests.support.kube import KubeEmulator
 from tests.support.tokens import mint_alg_none_token, mint_token, other_private_key
@@ -183,14 +184,14 @@ def test_bad_bearer_tokens(env: Env, case: str) -> None:
     assert body["error_code"] == ("UNAUTHENTICATED" if status == 401 else "PERMISSION_DENIED")
     assert body["message"] and token not in body["message"]
     if status == 401:
-        assert response.headers["WWW-Authenticate"] == "Bearer, Basic"
+        assert response.headers["WWW-Authenticate"] == CHALLENGE_WITH_BASIC
     assert_no_secret_logged(env.server, token)
 
 
 def test_no_credentials(env: Env) -> None:
     response = env.get(GET_EXPERIMENT)
     assert response.status_code == 401
-    assert response.headers["WWW-Authenticate"] == "Bearer, Basic"
+    assert response.headers["WWW-Authenticate"] == CHALLENGE_WITH_BASIC
     assert "Bearer" in response.json()["message"]
 
 
