@@ -83,7 +83,6 @@ def basic(username: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
 
 
-ADMIN = basic(ADMIN_USER, ADMIN_PASSWORD)
 
 
 def assert_no_secret_logged(server: MlflowServer, secret: str) -> None:
@@ -330,7 +329,12 @@ def test_fastapi_native_route_uses_the_plugin(env: Env) -> None:
 
 def test_prometheus_metrics(env: Env) -> None:
     env.get(GET_EXPERIMENT, bearer(env.token("jobs", "trainer")))
-    text = requests.get(f"{env.server.url}/metrics", headers=ADMIN, timeout=10).text
+    assert requests.get(f"{env.server.url}/metrics", timeout=10).status_code == 401
+    # MLflow's auth app fails closed on /metrics for non-admins; an admin SA may scrape.
+    non_admin = bearer(env.token("jobs", "prometheus"))
+    assert requests.get(f"{env.server.url}/metrics", headers=non_admin, timeout=10).status_code == 403
+    scraper = bearer(env.token("ops", "deployer"))
+    text = requests.get(f"{env.server.url}/metrics", headers=scraper, timeout=10).text
     assert 'mlflow_k8s_auth_decisions_total{method="bearer",result="ok"}' in text
     assert "mlflow_k8s_auth_tokenreview_seconds_bucket" in text
     assert 'mlflow_k8s_auth_token_cache_total{result="hit"}' in text
