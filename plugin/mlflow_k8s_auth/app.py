@@ -48,7 +48,8 @@ def _redact(text: str) -> str:
 
 
 def _bootstrap_in_cli_process() -> None:
-    """Create tables' admin user once before workers start (MLflow does this for basic-auth)."""
+    """Open (and if needed migrate) the auth DB and create the admin user once, before any
+    worker starts, as MLflow does for its own basic-auth app."""
     if os.environ.get("_MLFLOW_SGI_NAME") or os.environ.get("_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"):
         return  # a worker, or already done
     try:
