@@ -25,7 +25,8 @@ import pytest
 from mlflow_operator import names
 from mlflow_operator.model import GeneratedSecrets, ServerRef, StoreUris, parse_spec
 from mlflow_operator.render import render_all
-from tests.e2e.kubelet import Kubelet, run_pod, start_pod, wait_ready
+from tests.e2e.kubelet import Kubelet
+from tests.e2e.processes import run_pod, start_pod, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
