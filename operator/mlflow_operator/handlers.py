@@ -166,6 +166,18 @@ def _reconcile_parent(memo: kopf.Memo, owner: tuple[str, str, str], logger: logg
         logger.warning("Reconcile of %s/%s after a child change failed: %s", namespace, name, exc)
 
 
+def filter_children_server_side(settings: kopf.OperatorSettings) -> None:
+    """Ask the API server for our children only.
+
+    The handlers' `labels=` filter runs in the operator, after the API server has sent
+    every object of the kind: every Secret of the cluster would flow through (and sit in
+    memory of) an operator that only cares about its own.
+    """
+    selector = ",".join(f"{key}={value}" for key, value in MANAGED.items())
+    for api_version, plural in WATCHED_CHILDREN:
+        settings.watching.label_selectors[api_version, plural] = selector
+
+
 def register(registry: kopf.OperatorRegistry, options: Options) -> None:
     for cause in (kopf.on.create, kopf.on.update, kopf.on.resume):
         cause(*CR, registry=registry, id="reconcile")(on_change)

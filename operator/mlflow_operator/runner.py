@@ -43,6 +43,7 @@ def build(options: Options) -> tuple[kopf.OperatorRegistry, kopf.OperatorSetting
     handlers.register(registry, options)
     settings = kopf.OperatorSettings()
     configure(settings, options)
+    handlers.filter_children_server_side(settings)
     try:
         api = KubeApi.from_environment(pool_size=options.api_pool_size or options.worker_limit + 4)
     except kubernetes.config.ConfigException as exc:

@@ -46,14 +46,18 @@ class RecordingKube(KubeEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.api_calls: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        # resource -> the labelSelector of each list/watch request on it ('' = none)
+        self.list_selectors: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
 
     async def _parse(self, raw: aiohttp.web.BaseRequest) -> kmock.Request:
         request = await super()._parse(raw)
         path = kp.parse_path(raw.path)
         if path is not None and path.plural:
             resource = path.plural + (f"/{path.subresource}" if path.subresource else "")
-            self.api_calls[(_verb(raw.method, path.name, raw.query.get("watch")),
-                            path.group or "", resource)] += 1
+            verb = _verb(raw.method, path.name, raw.query.get("watch"))
+            self.api_calls[(verb, path.group or "", resource)] += 1
+            if verb in ("list", "watch"):
+                self.list_selectors[resource].add(raw.query.get("labelSelector", ""))
         return request
 
     def op_create(self, res: kmock.resource, ns: str | None, body: Any, **kwargs: Any) -> dict[str, Any]:

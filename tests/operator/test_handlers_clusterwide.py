@@ -34,6 +34,13 @@ def test_all_namespaces_mode_reconciles_everywhere(opkube, tmp_path):
         wait_for(lambda: kube.get("v1/services", "ml-two", "tracking"), timeout=10, what="Service restored")
     finally:
         operator.stop()
+    # Children are filtered by the API server, not in the operator: a cluster-wide
+    # operator must not receive every Secret of the cluster.
+    for child in ("secrets", "deployments", "jobs", "services", "serviceaccounts",
+                  "persistentvolumeclaims"):
+        selectors = kube.list_selectors[child]
+        assert selectors and all("app.kubernetes.io/managed-by=mlflow-operator" in selector.split(",")
+                                 for selector in selectors), (child, selectors)
     observed = set(kube.api_calls)
     granted = rbac_record.observed_api_calls(clusterwide=True)
     assert observed <= granted, f"calls not in tests/operator/rbac_record.py: {sorted(observed - granted)}"
