@@ -60,20 +60,6 @@ class RecordingKube(KubeEmulator):
                 self.list_selectors[resource].add(raw.query.get("labelSelector", ""))
         return request
 
-    def op_create(self, res: kmock.resource, ns: str | None, body: Any, **kwargs: Any) -> dict[str, Any]:
-        # Emulator gap, worked around here until tests/support fills it: kube-apiserver
-        # validates RBAC object names as path segments (':' allowed, as in
-        # `system:auth-delegator`), not as DNS subdomains.
-        if res.group != "rbac.authorization.k8s.io":
-            return super().op_create(res, ns, body, **kwargs)
-        strict = kp.valid_name
-        kp.valid_name = lambda name: isinstance(name, str) and 0 < len(name) <= 253 \
-            and "/" not in name and "%" not in name and name not in (".", "..")
-        try:
-            return super().op_create(res, ns, body, **kwargs)
-        finally:
-            kp.valid_name = strict
-
 
 def wait_for(check: Callable[[], T], timeout: float = 20, what: str = "condition",
              interval: float = 0.1) -> T:
