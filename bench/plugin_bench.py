@@ -7,7 +7,8 @@ Side by side, same settings (1 uvicorn worker, SQLite stores, same endpoint
   * k8s-auth bearer, warm token cache, `permission_cache_ttl_seconds = 60`
   * MLflow basic-auth (`--app-name basic-auth`, its credential cache on, ttl 120)
 plus: TokenReviews for 64 concurrent requests with one new token, the in-process cost of a
-token cache hit, and TokenReviews caused by a flood of unique garbage tokens.
+token cache hit and of the plugin's whole warm-cache authentication, and TokenReviews
+caused by a flood of unique garbage tokens.
 
 `run(quick)` returns a flat dict; `python -m bench` prints it with the other suites.
 """
@@ -106,6 +107,27 @@ def _cache_costs(iterations: int) -> dict[str, float]:
     }
 
 
+def _authenticate_cost_us(kube: KubeEmulator, workdir: Path, iterations: int) -> float:
+    """Our whole `authenticate_request` for a known token (warm cache), minus the memo."""
+    import flask
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    from mlflow_k8s_auth import authn, runtime
+    from mlflow_k8s_auth.config import load_config
+
+    store = SqlAlchemyStore()
+    store.init_db(f"sqlite:///{workdir}/inproc-auth.db")
+    ini = workdir / "inproc.ini"
+    ini.write_text(render_ini(f"sqlite:///{workdir}/inproc-auth.db", kube.write_kubeconfig(workdir / "inproc-kc")))
+    runtime.install(runtime.build_runtime(load_config(ini), store))
+    headers = {"Authorization": f"Bearer {kube.token_for('bench', 'reader', [AUDIENCE])}"}
+    with flask.Flask(__name__).test_request_context("/api/2.0/mlflow/experiments/get", headers=headers):
+        first = authn._authenticate_safely()  # reviews once, fills the cache
+        if getattr(first, "username", None) != "system:serviceaccount:bench:reader":
+            raise RuntimeError("in-process authentication failed")
+        return _per_call_us(authn._authenticate_safely, iterations)
+
+
 def _garbage(i: int) -> str:
     kind = i % 4
     if kind == 0:
@@ -192,7 +214,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="plugin-bench-") as tmp:
             servers = _start_servers(kube, Path(tmp))
             try:
-                return _measure(kube, servers, seconds, rounds, flood_count)
+                result = _measure(kube, servers, seconds, rounds, flood_count)
+                result["authenticate_warm_us"] = round(_authenticate_cost_us(kube, Path(tmp), 20_000), 2)
+                return result
             finally:
                 for server in servers.values():
                     server.stop()
