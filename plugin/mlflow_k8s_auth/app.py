@@ -87,6 +87,10 @@ def create_app(app: Any = None) -> Any:
     from mlflow.server import auth as mlflow_auth
 
     _configure_logging()
+    if not CONFIG.allowed_namespaces:
+        logging.getLogger(__name__).warning(
+            "[k8s_auth] allowed_namespaces is empty: no ServiceAccount can log in (only Basic users)"
+        )
 
     runtime.install(runtime.build_runtime(CONFIG, mlflow_auth.store))
     permission_cache.install(mlflow_auth.store, CONFIG.permission_cache_ttl_seconds, CONFIG.cache_max_entries)
