@@ -70,6 +70,7 @@ MANAGED_ENV: frozenset[str] = frozenset({
     "MLFLOW_PORT", "MLFLOW_WORKERS", "MLFLOW_S3_ENDPOINT_URL",
     "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE", "MLFLOW_STATIC_PREFIX",
     "MLFLOW_AUTH_DATABASE_URI",  # the migration Job's variable
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS",
 })
 
 
@@ -199,6 +200,12 @@ RESERVED_VOLUMES = frozenset({"tmp", "config", "data"})
 RESERVED_PATHS = ("/tmp", "/etc/mlflow", "/data")
 
 
+class JobExecution(_Model):
+    # Off by default, unlike MLflow: the huey worker processes slow every pod's start
+    # and cost memory, and most tracking servers never run server-side jobs.
+    enabled: bool = False
+
+
 class Server(_Model):
     workers: int = Field(default=2, ge=1, le=64)
     allowed_hosts: list[str] = Field(default_factory=list, max_length=64)
@@ -209,6 +216,7 @@ class Server(_Model):
     cluster_domain: str = Field(default="cluster.local", pattern=rf"^{_DNS_SUBDOMAIN}$")
     extra_volumes: list[Volume] = Field(default_factory=list, max_length=32)
     extra_volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=32)
+    job_execution: JobExecution = Field(default_factory=JobExecution)
 
     @model_validator(mode="after")
     def _check_volumes(self) -> Server:

@@ -13,7 +13,7 @@ from mlflow.cli import server as mlflow_server_command
 from mlflow.server.security_utils import is_allowed_host_header
 
 from mlflow_operator import names
-from mlflow_operator.model import GeneratedSecrets, ServerRef, StoreUris, parse_spec
+from mlflow_operator.model import GeneratedSecrets, ServerRef, SpecError, StoreUris, parse_spec
 from mlflow_operator.render import (
     allowed_hosts,
     config_checksum,
@@ -265,6 +265,34 @@ def test_sqlite_recreates_pods_and_external_databases_roll() -> None:
     assert minimal == {"type": "Recreate"}
     assert production["type"] == "RollingUpdate"
     assert production["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def _server_env(spec: dict[str, Any]) -> dict[str, str | None]:
+    uris = PROD_URIS if spec.get("replicas", 1) > 1 else StoreUris()
+    objects = render_all(ServerRef("demo", "team-a", "uid-1"), parse_spec(spec), GENERATED, uris)
+    container = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+_MULTI = {"replicas": 2, "backendStore": {"uriSecretRef": {"name": "db"}},
+          "auth": {"authDatabase": {"uriSecretRef": {"name": "db"}}},
+          "artifacts": {"destination": "s3://bucket/mlflow"}}
+
+
+def test_mlflow_job_execution_is_off_unless_asked_for() -> None:
+    # MLflow's own default is on: the variable must be rendered explicitly.
+    assert _server_env({})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS" not in _server_env(_MULTI)
+    one = _server_env({"server": {"jobExecution": {"enabled": True}}})
+    assert one["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+    assert "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS" not in one  # MLflow's default: on
+    # Several replicas would each schedule the periodic tasks: they are turned off.
+    many = _server_env({**_MULTI, "server": {"jobExecution": {"enabled": True}}})
+    assert many["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+    assert many["MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS"] == "false"
+    for name in ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS"):
+        with pytest.raises(SpecError, match=f"server.extraEnv: {name} is set by the operator"):
+            parse_spec({"server": {"extraEnv": [{"name": name, "value": "true"}]}})
 
 
 def test_network_policy_defaults_to_the_allowed_namespaces() -> None:

@@ -93,6 +93,19 @@ def _get(url: str, host: str, auth: tuple[str, str] | None) -> int:
         return error.code
 
 
+def _pod_commands(pgid: int) -> list[str]:
+    """Command lines of every live process of a pod (the harness gives each its own group)."""
+    commands = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                commands.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+    return commands
+
+
 def test_rendered_job_migrates_postgres_and_the_rendered_server_serves_it(
     databases: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,6 +136,11 @@ def test_rendered_job_migrates_postgres_and_the_rendered_server_serves_it(
     server = start_pod(plan, logs, timeout=60)
     try:
         wait_ready(server, timeout=120)
+        # MLflow's job execution is on by default in MLflow; the operator turns it off, so
+        # the pod runs the server workers and no huey job runner next to them.
+        commands = _pod_commands(server.proc.pid)
+        assert any("uvicorn" in c for c in commands), commands
+        assert not [c for c in commands if "mlflow.server.jobs" in c], commands
         url = f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1"
         service_host = f"{names.service_dns(REF)}:{spec.service.port}"
         admin = (spec.auth.admin_username, GENERATED.admin_password)

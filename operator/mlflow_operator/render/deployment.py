@@ -70,10 +70,22 @@ def _env(ref: ServerRef, spec: MLflowServerSpec) -> list[dict[str, Any]]:
             names.SECRET_KEY_KEY,
         ),
         pod.secret_env("MLFLOW_AUTH_ADMIN_PASSWORD", admin_secret, names.ADMIN_PASSWORD_KEY),
+        *_job_env(spec),
     ]
     if spec.artifacts.s3_endpoint_url:
         env.append({"name": "MLFLOW_S3_ENDPOINT_URL", "value": spec.artifacts.s3_endpoint_url})
     return env + [e.model_dump(by_alias=True, exclude_none=True) for e in spec.server.extra_env]
+
+
+def _job_env(spec: MLflowServerSpec) -> list[dict[str, Any]]:
+    """MLflow's job execution, explicit either way (MLflow's own default is on)."""
+    enabled = spec.server.job_execution.enabled
+    env = [{"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "true" if enabled else "false"}]
+    if enabled and spec.replicas > 1:
+        # Every replica would schedule the periodic tasks (their huey locks live in each
+        # pod's own storage), and a Deployment cannot single one replica out.
+        env.append({"name": "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS", "value": "false"})
+    return env
 
 
 def _probe(spec: MLflowServerSpec, period: int, failures: int) -> dict[str, Any]:
