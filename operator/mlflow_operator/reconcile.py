@@ -53,10 +53,13 @@ def read_store_uris(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec) -> Sto
 
 def check_user_secrets(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec) -> None:
     """Secrets the pods mount or read by reference: missing ones would only show up as
-    pods stuck in CreateContainerConfigError, so they are reported here instead."""
+    pods stuck in CreateContainerConfigError, and an admin password MLflow refuses as a
+    crash-looping pod, so they are reported here instead."""
+    # The pod reads it whether or not HTTP Basic is on: MLflow bootstraps its admin anyway.
     existing = spec.auth.basic_auth.existing_admin_secret
-    if spec.auth.basic_auth.enabled and existing:
-        secrets.read_key(api, ref.namespace, existing, names.ADMIN_PASSWORD_KEY)
+    if existing:
+        password = secrets.read_key(api, ref.namespace, existing, names.ADMIN_PASSWORD_KEY)
+        secrets.check_admin_password(ref.namespace, existing, password)
     if spec.artifacts.credentials_secret:
         if api.get(SECRET, ref.namespace, spec.artifacts.credentials_secret) is None:
             raise secrets.MissingSecret(ref.namespace, spec.artifacts.credentials_secret)
@@ -176,7 +179,7 @@ def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | Non
             or st.condition(previous, st.DEGRADED).get("status") != "False"
         result, migration, rollout, deleted = _apply_and_gate(api, ref, spec, objects, known,
                                                               spec_changed, previous)
-    except secrets.MissingSecret as exc:
+    except secrets.SecretProblem as exc:
         return degraded(exc.reason, str(exc))
     except SpecError as exc:  # render-time checks (e.g. a name the API server would reject)
         return degraded(exc.reason, exc.message)

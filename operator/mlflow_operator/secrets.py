@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +17,20 @@ from mlflow_operator.api import RESOURCES, KubeApi
 SECRET = RESOURCES[("v1", "Secret")]
 
 
-class MissingSecret(Exception):
+# MLflow's rules for the admin password it bootstraps (mlflow.utils.validation.
+# _validate_password and mlflow.server.auth._validate_bootstrap_admin_password): a value
+# breaking them stops every server start, i.e. a crash-looping pod.
+MIN_ADMIN_PASSWORD_LENGTH = 12
+LEGACY_DEFAULT_ADMIN_PASSWORD = "password1234"  # GHSA-gq3w-7jj3-x7gr
+
+
+class SecretProblem(Exception):
+    """A user Secret the server cannot run with; `reason` is CamelCase for conditions."""
+
+    reason = "SecretProblem"
+
+
+class MissingSecret(SecretProblem):
     """A Secret (or a key in it) that the spec refers to does not exist (yet)."""
 
     def __init__(self, namespace: str, name: str, key: str | None = None, empty: bool = False):
@@ -39,6 +53,28 @@ class LostSecret(MissingSecret):
             " or point auth.basicAuth.existingAdminSecret at a Secret that has them")
         self.namespace, self.name, self.key = namespace, name, None
         self.reason = "AdminSecretLost"
+
+
+class InvalidAdminSecret(SecretProblem):
+    """The user's admin Secret holds a password MLflow refuses (the value is never shown)."""
+
+    reason = "AdminSecretInvalid"
+
+    def __init__(self, namespace: str, name: str, rule: str):
+        self.namespace, self.name = namespace, name
+        super().__init__(f"key 'password' in Secret {name!r} in namespace {namespace!r} is not"
+                         f" a password MLflow accepts for its admin user: {rule}. Fix the"
+                         " Secret and the server recovers on the next reconcile")
+
+
+def check_admin_password(namespace: str, name: str, password: str) -> None:
+    """Raise InvalidAdminSecret when MLflow would refuse `password` at its first start."""
+    if len(password) < MIN_ADMIN_PASSWORD_LENGTH:
+        raise InvalidAdminSecret(namespace, name, f"it must be at least {MIN_ADMIN_PASSWORD_LENGTH}"
+                                 " characters long")
+    if hmac.compare_digest(password.encode(), LEGACY_DEFAULT_ADMIN_PASSWORD.encode()):
+        raise InvalidAdminSecret(namespace, name, "it must not be the publicly known default"
+                                 " password of older MLflow versions")
 
 
 def generate_password() -> str:

@@ -240,6 +240,44 @@ def test_user_supplied_admin_secret_is_adopted(opkube, operator):
     assert _secret_value(kube, "zeta-own-admin", "password") == own["password"]
 
 
+def _b64(values: dict[str, str]) -> dict[str, str]:
+    return {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
+
+
+def test_admin_secret_with_a_password_mlflow_refuses_degrades_until_fixed(opkube, operator):
+    kube = opkube
+    short = "tooShort-9"  # MLflow refuses admin passwords under 12 characters
+    kube.create("v1/secrets", {"metadata": {"name": "iota-own-admin"},
+                               "data": _b64({"username": "admin", "password": short})}, namespace=NS)
+    kube.create(CR, server_manifest("iota", NS, {"auth": {"basicAuth": {"existingAdminSecret": "iota-own-admin"}}}))
+    status = wait_for(lambda: _status(kube, "iota").get("phase") == "Degraded" and _status(kube, "iota"),
+                      what="iota Degraded by its admin password")
+    degraded = _cond(status, "Degraded")
+    assert degraded["reason"] == "AdminSecretInvalid"
+    assert "Secret 'iota-own-admin'" in degraded["message"]
+    assert "at least 12 characters" in degraded["message"]
+    warnings = wait_for(lambda: [e for e in _events(kube, "iota") if e["type"] == "Warning"],
+                        what="a Warning Event for iota")
+    assert warnings[0]["reason"] == "AdminSecretInvalid"
+    # No pod that would crash-loop: nothing is rolled out.
+    assert kube.get("apps/v1/deployments", NS, "iota") is None
+    assert kube.get("v1/secrets", NS, "iota-config") is None
+    # The publicly known default of older MLflow versions is refused too.
+    kube.patch("v1/secrets", NS, "iota-own-admin", {"data": _b64({"password": "password1234"})})
+    wait_for(lambda: "publicly known default" in _cond(_status(kube, "iota"), "Degraded").get("message", ""),
+             timeout=15, what="iota Degraded by the legacy default password")
+    kube.patch("v1/secrets", NS, "iota-own-admin", {"data": _b64({"password": "long-enough-Pa55word"})})
+    status = wait_for(lambda: _status(kube, "iota").get("phase") == "Progressing" and _status(kube, "iota"),
+                      timeout=15, what="iota recovering once the password is valid")
+    assert _cond(status, "Degraded")["status"] == "False"
+    assert "Recovered" in wait_for(lambda: _reasons(kube, "iota"), what="iota Events")
+    # The refused values are never shown: status, Events, operator log.
+    for value in (short, "password1234"):
+        assert value not in str(kube.list(CR, NS))
+        assert value not in str(_events(kube, "iota"))
+        assert value not in operator.log()
+
+
 def test_a_users_object_with_a_childs_name_is_not_overwritten(opkube, operator):
     kube = opkube
     kube.create("v1/services", {"metadata": {"name": "eta"}, "spec": {"ports": [{"port": 80}]}}, namespace=NS)
