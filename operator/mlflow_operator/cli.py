@@ -7,10 +7,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
+from mlflow_operator.model import DEFAULT_IMAGE, check_image
 from mlflow_operator.settings import Options
+
+IMAGE_ENV = "MLFLOW_OPERATOR_DEFAULT_SERVER_IMAGE"
+
+
+def _image(value: str) -> str:
+    try:
+        return check_image(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (from the flag or {IMAGE_ENV})") from None
+
+
+def _add_image_option(p: argparse.ArgumentParser) -> None:
+    # argparse runs `type` on a string default too, so a bad variable is reported the same way.
+    p.add_argument("--default-server-image", metavar="IMAGE", type=_image,
+                   default=os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE,
+                   help=f"server image of MLflowServers without spec.image, e.g. a mirror"
+                        f" (env {IMAGE_ENV}; default {DEFAULT_IMAGE})")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -26,6 +45,7 @@ def _run(args: argparse.Namespace) -> int:
         resync_seconds=args.resync_seconds,
         watch_timeout_seconds=args.watch_timeout,
         worker_limit=args.worker_limit,
+        default_server_image=args.default_server_image,
     )
     try:
         runner.run(options, log_format=args.log_format, verbose=args.verbose)
@@ -58,6 +78,7 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-format", choices=("json", "plain", "full"), default="json",
                    help="log line format (default json)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_image_option(p)
     p.set_defaults(func=_run)
 
 
@@ -66,7 +87,7 @@ def _render(args: argparse.Namespace) -> int:
     from mlflow_operator.model import SpecError
 
     try:
-        text = preview.render_file(args.filename)
+        text = preview.render_file(args.filename, args.default_server_image)
     except (OSError, ValueError, SpecError) as exc:
         print(f"mlflow-operator render: {exc}", file=sys.stderr)
         return 2
@@ -79,6 +100,7 @@ def add_render(subparsers: argparse._SubParsersAction) -> None:
         "render", help="print the objects the operator would create for an MLflowServer file")
     p.add_argument("-f", "--filename", required=True,
                    help="YAML file with one MLflowServer ('-' reads standard input)")
+    _add_image_option(p)
     p.set_defaults(func=_render)
 
 

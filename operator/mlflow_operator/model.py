@@ -22,7 +22,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -313,10 +315,18 @@ class MLflowServerSpec(_Model):
     ingress: Ingress = Field(default_factory=Ingress)
     storage: Storage = Field(default_factory=Storage)
     network_policy: NetworkPolicy = Field(default_factory=NetworkPolicy)
+    # The operator's default for an unset `image` (not a spec field: see parse_spec).
+    _default_image: str = PrivateAttr(default=DEFAULT_IMAGE)
+
+    @model_validator(mode="after")
+    def _take_default_image(self, info: ValidationInfo) -> MLflowServerSpec:
+        if info.context and info.context.get("default_image"):
+            self._default_image = info.context["default_image"]
+        return self
 
     @property
     def server_image(self) -> str:
-        return self.image or DEFAULT_IMAGE
+        return self.image or self._default_image
 
     @property
     def needs_pvc(self) -> bool:
@@ -394,11 +404,23 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_spec(spec: Mapping[str, Any] | None) -> MLflowServerSpec:
-    """Validate a raw spec, apply defaults, or raise SpecError."""
+def check_image(value: str) -> str:
+    """An image reference as the CRD's `image` field accepts it; ValueError otherwise."""
+    if not 1 <= len(value) <= 512 or any(ch.isspace() for ch in value):
+        raise ValueError(f"{value!r} is not an image reference (1-512 characters, no spaces)")
+    return value
+
+
+def parse_spec(spec: Mapping[str, Any] | None, default_image: str = DEFAULT_IMAGE) -> MLflowServerSpec:
+    """Validate a raw spec, apply defaults, or raise SpecError.
+
+    `default_image`: the server image when `spec.image` is unset (the operator's
+    `--default-server-image`, e.g. a mirror in an air-gapped cluster).
+    """
     # SpecError raised in our validators is not a ValueError, so pydantic lets it
     # through unwrapped, with its own reason.
     try:
-        return MLflowServerSpec.model_validate(_plain(spec or {}))
+        return MLflowServerSpec.model_validate(
+            _plain(spec or {}), context={"default_image": check_image(default_image)})
     except ValidationError as error:
         raise SpecError("InvalidSpec", _describe(error)) from None

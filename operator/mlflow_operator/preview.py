@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from mlflow_operator import secrets
-from mlflow_operator.model import GeneratedSecrets, ServerRef, StoreUris, parse_spec
+from mlflow_operator.model import DEFAULT_IMAGE, GeneratedSecrets, ServerRef, StoreUris, parse_spec
 from mlflow_operator.names import API_VERSION, KIND
 from mlflow_operator.render import render_all
 
@@ -45,11 +45,11 @@ def load_server(text: str) -> Mapping[str, Any]:
     return server
 
 
-def render_server(server: Mapping[str, Any]) -> list[dict[str, Any]]:
+def render_server(server: Mapping[str, Any], default_image: str = DEFAULT_IMAGE) -> list[dict[str, Any]]:
     meta = server["metadata"]
     ref = ServerRef(name=meta["name"], namespace=meta.get("namespace") or "default",
                     uid=meta.get("uid") or PREVIEW_UID)
-    spec = parse_spec(server.get("spec"))
+    spec = parse_spec(server.get("spec"), default_image)
     stand_ins = {role: f"<from Secret {ref_.name} key {ref_.key}>"
                  for role, ref_ in spec.secret_refs().items()}
     uris = StoreUris(backend_store=stand_ins.get("backendStore"),
@@ -60,13 +60,13 @@ def render_server(server: Mapping[str, Any]) -> list[dict[str, Any]]:
     return render_all(ref, spec, generated, uris)
 
 
-def render_file(filename: str) -> str:
+def render_file(filename: str, default_image: str = DEFAULT_IMAGE) -> str:
     text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
     try:
         server = load_server(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"{filename}: not valid YAML ({exc.__class__.__name__})") from None
-    objects = render_server(server)
+    objects = render_server(server, default_image)
     meta = server["metadata"]
     header = HEADER.format(namespace=meta.get("namespace") or "default", name=meta["name"])
     return header + yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True)

@@ -16,8 +16,8 @@ from mlflow_operator import names, secrets
 from mlflow_operator import status as st
 from mlflow_operator.api import RESOURCES, ApiError, KubeApi
 from mlflow_operator.apply import ApplyResult, ConflictError, apply_all, prune
-from mlflow_operator.model import (GeneratedSecrets, MLflowServerSpec, ServerRef, SpecError,
-                                   StoreUris, parse_spec)
+from mlflow_operator.model import (DEFAULT_IMAGE, GeneratedSecrets, MLflowServerSpec, ServerRef,
+                                   SpecError, StoreUris, parse_spec)
 from mlflow_operator.render import render_all
 
 SECRET = RESOURCES[("v1", "Secret")]
@@ -153,13 +153,15 @@ def _apply_and_gate(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec, object
 _PERMANENT = {400: "Rejected", 422: "Rejected", 403: "Forbidden"}
 
 
-def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> Outcome:
-    """`previous`: the last status written, if the caller knows a fresher one than the body's."""
+def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | None = None,
+        default_image: str = DEFAULT_IMAGE) -> Outcome:
+    """`previous`: the last status written, if the caller knows a fresher one than the body's.
+    `default_image`: the server image when the spec leaves `image` unset."""
     ref, generation = server_ref(body), int(body["metadata"].get("generation") or 0)
     previous = previous if previous is not None else (body.get("status") or {})
     try:
         names.validate_ref(ref)
-        spec = parse_spec(body.get("spec"))
+        spec = parse_spec(body.get("spec"), default_image)
     except SpecError as exc:
         return _finish(previous, st.Observation(generation, problem=st.Problem(exc.reason, exc.message)))
     identity = dict(url=names.external_url(spec) or names.server_url(ref, spec),

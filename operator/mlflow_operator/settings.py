@@ -6,6 +6,8 @@ import logging
 
 import kopf
 
+from mlflow_operator.model import DEFAULT_IMAGE
+
 PREFIX = "mlflow-operator.dev"
 FINALIZER = f"{PREFIX}/finalizer"
 
@@ -24,6 +26,8 @@ class Options:
     worker_limit: int = 20
     api_pool_size: int = 0  # 0: one connection per worker thread, plus a few
     event_level: int = logging.WARNING
+    # Server image of MLflowServers that leave spec.image unset (mirrors, air-gapped clusters).
+    default_server_image: str = DEFAULT_IMAGE
 
     @property
     def clusterwide(self) -> bool:

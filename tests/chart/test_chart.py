@@ -29,6 +29,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "custom-image": {"image": {"registry": "registry.example.com:5000", "repository": "ml/op",
                                "tag": "1.2.3-rc1", "digest": DIGEST, "pullPolicy": "Always"},
                      "imagePullSecrets": [{"name": "regcred"}, {"name": "mirror"}]},
+    "mirror": {"serverImage": {"registry": "registry.internal:5000", "repository": "mirror/mlflow-server",
+                               "tag": "0.1.0-airgap", "digest": DIGEST}},
     "labels": {"commonLabels": {"team": "ml-platform", "example.com/cost-center": "42"},
                "podLabels": {"sidecar.istio.io/inject": "false"},
                "podAnnotations": {"prometheus.io/scrape": "false"}},
@@ -180,6 +182,15 @@ def test_image_reference(rendered: dict) -> None:
     assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
 
 
+def test_default_server_image(rendered: dict) -> None:
+    # Out of the box the operator's default is what plugin/Dockerfile builds for this release.
+    assert _options(_container(rendered["defaults"])).default_server_image == DEFAULT_IMAGE
+    assert _options(_container(rendered["mirror"])).default_server_image == \
+        f"registry.internal:5000/mirror/mlflow-server:0.1.0-airgap@{DIGEST}"
+    # The operator's own image is a separate value.
+    assert _container(rendered["mirror"])["image"] == _container(rendered["defaults"])["image"]
+
+
 def test_scheduling_values_reach_the_pod(rendered: dict) -> None:
     pod = _deployment(rendered["scheduling"])["spec"]["template"]["spec"]
     values = VALUE_SETS["scheduling"]
@@ -227,6 +238,9 @@ BAD_VALUES = [
     ({"image": {"digest": "sha256:xyz"}}, "at '/image/digest': 'sha256:xyz' does not match pattern"),
     ({"image": {"repository": "Bad Repo"}}, "at '/image/repository'"),
     ({"image": {"tag": "v1:2"}}, "at '/image/tag'"),
+    ({"serverImage": {"repository": ""}}, "at '/serverImage/repository'"),
+    ({"serverImage": {"tag": "a b"}}, "at '/serverImage/tag'"),
+    ({"serverImage": {"pullPolicy": "Always"}}, "additional properties 'pullPolicy' not allowed"),
     ({"imagePullSecrets": ["regcred"]}, "at '/imagePullSecrets/0': got string, want object"),
     ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
     ({"watchNamespaces": ["a", "a"]}, "at '/watchNamespaces': items at 0 and 1 are equal"),

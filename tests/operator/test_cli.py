@@ -97,3 +97,34 @@ def test_help_lists_commands_and_run_options():
         assert option in run.stdout
     usage = cli("run", "--namespace", "a", "--all-namespaces")
     assert usage.returncode == 2 and "not allowed with argument" in usage.stderr
+
+
+def _images(text: str) -> set[str]:
+    return {c["image"] for o in _docs(text) if o["kind"] in ("Deployment", "Job")
+            for c in o["spec"]["template"]["spec"]["containers"]}
+
+
+def test_default_server_image_from_flag_or_environment(tmp_path):
+    manifest = tmp_path / "server.yaml"
+    manifest.write_text(yaml.safe_dump({"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
+                                        "metadata": {"name": "tracking"}, "spec": {}}))
+    from mlflow_operator.model import DEFAULT_IMAGE
+
+    assert _images(cli("render", "-f", str(manifest), env={"MLFLOW_OPERATOR_DEFAULT_SERVER_IMAGE": ""}).stdout) \
+        == {DEFAULT_IMAGE}
+    mirror = "registry.internal:5000/mirror/mlflow-server:0.1.0"
+    by_env = cli("render", "-f", str(manifest), env={"MLFLOW_OPERATOR_DEFAULT_SERVER_IMAGE": mirror})
+    assert _images(by_env.stdout) == {mirror}, by_env.stderr
+    by_flag = cli("render", "-f", str(manifest), "--default-server-image", "other.example/mlflow:1",
+                  env={"MLFLOW_OPERATOR_DEFAULT_SERVER_IMAGE": mirror})
+    assert _images(by_flag.stdout) == {"other.example/mlflow:1"}  # the flag wins
+    # A CR's own spec.image still wins over the operator's default.
+    manifest.write_text(manifest.read_text().replace("spec: {}", "spec: {image: own.example/mlflow:2}"))
+    assert _images(cli("render", "-f", str(manifest), "--default-server-image", mirror).stdout) \
+        == {"own.example/mlflow:2"}
+    for argv, env in ((["--default-server-image", "has space"], {}),
+                      ([], {"MLFLOW_OPERATOR_DEFAULT_SERVER_IMAGE": "bad image"})):
+        result = cli("run", "--standalone", *argv, env=env)
+        assert result.returncode == 2
+        assert "argument --default-server-image:" in result.stderr and "not an image reference" in result.stderr
+        assert "Traceback" not in result.stderr

@@ -18,13 +18,16 @@ from tests.operator import rbac_record
 from tests.operator.harness import CR, OperatorProcess, server_manifest, wait_for
 
 NS = "team-a"
+# The operator runs with a mirrored default image, as in an air-gapped cluster.
+MIRROR = "registry.internal:5000/mirror/mlflow-server:0.1.0"
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 
 @pytest.fixture(scope="module")
 def operator(opkube, tmp_path_factory):
     opkube.create_namespace(NS)
-    proc = OperatorProcess(opkube, tmp_path_factory.mktemp("operator"), [NS]).start()
+    proc = OperatorProcess(opkube, tmp_path_factory.mktemp("operator"), [NS],
+                           extra=["--default-server-image", MIRROR]).start()
     yield proc
     proc.stop()
 
@@ -103,6 +106,9 @@ def test_create_renders_children_gated_on_migration(opkube, operator):
     assert _cond(status, "Degraded")["status"] == "False"
     deployment = kube.get("apps/v1/deployments", NS, "alpha")
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == uid
+    # No spec.image: the operator's --default-server-image, for the Job and the server.
+    for workload in (deployment, kube.get("batch/v1/jobs", NS, job)):
+        assert [c["image"] for c in workload["spec"]["template"]["spec"]["containers"]] == [MIRROR]
     reasons = wait_for(lambda: {"Created", "MigrationStarted", "MigrationSucceeded", "Ready"}
                        <= _reasons(kube, "alpha") and _reasons(kube, "alpha"), what="alpha's Events")
     assert "Degraded" not in reasons

@@ -53,16 +53,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* Image reference: [registry/]repository[:tag][@digest]; the tag defaults to appVersion. */}}
-{{- define "mlflow-operator.image" -}}
-{{- $repo := .Values.image.repository }}
-{{- with .Values.image.registry }}
+{{/*
+Image reference [registry/]repository[:tag][@digest] of an image value ({registry,
+repository, tag, digest}); the tag defaults to appVersion.
+Call: include "mlflow-operator.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion)
+*/}}
+{{- define "mlflow-operator.imageRef" -}}
+{{- $repo := .image.repository }}
+{{- with .image.registry }}
 {{- $repo = printf "%s/%s" . $repo }}
 {{- end }}
-{{- $tag := default .Chart.AppVersion .Values.image.tag }}
-{{- if .Values.image.digest }}
-{{- printf "%s:%s@%s" $repo $tag .Values.image.digest }}
+{{- $tag := default .appVersion .image.tag }}
+{{- if .image.digest }}
+{{- printf "%s:%s@%s" $repo $tag .image.digest }}
 {{- else }}
 {{- printf "%s:%s" $repo $tag }}
 {{- end }}
+{{- end }}
+
+{{/* The operator's own image. */}}
+{{- define "mlflow-operator.image" -}}
+{{- include "mlflow-operator.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The default image of MLflow servers (plugin/Dockerfile), for CRs without spec.image. */}}
+{{- define "mlflow-operator.serverImage" -}}
+{{- include "mlflow-operator.imageRef" (dict "image" .Values.serverImage "appVersion" .Chart.AppVersion) }}
 {{- end }}
