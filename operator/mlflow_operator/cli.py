@@ -59,7 +59,9 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("run", help="run the operator (watches MLflowServer objects)")
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", metavar="NS",
-                       help="watch this namespace (repeatable; globs like team-* work)")
+                       help="watch this namespace (repeatable). Patterns work too: globs like"
+                            " 'team-*', negations like '!team-test'; they need permission to"
+                            " list and watch namespaces (and CRDs)")
     scope.add_argument("-A", "--all-namespaces", action="store_true",
                        help="watch all namespaces (the default when no --namespace is given)")
     peer = p.add_mutually_exclusive_group()

@@ -10,6 +10,9 @@ from mlflow_operator.model import DEFAULT_IMAGE
 
 PREFIX = "mlflow-operator.dev"
 FINALIZER = f"{PREFIX}/finalizer"
+# Characters that make a --namespace value a pattern in Kopf's syntax (`team-*`,
+# `!kube-*`, `a,b`): they never occur in a namespace name.
+PATTERN_CHARS = frozenset("*?!,")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +36,11 @@ class Options:
     def clusterwide(self) -> bool:
         return self.all_namespaces or not self.namespaces
 
+    @property
+    def namespace_patterns(self) -> bool:
+        """True when a --namespace is a Kopf pattern (glob, negation, list), not a name."""
+        return any(ch in ns for ns in self.namespaces for ch in PATTERN_CHARS)
+
 
 def configure(settings: kopf.OperatorSettings, options: Options) -> None:
     # Kopf's own log lines become Events only from WARNING up; the handlers post their own
@@ -55,8 +63,10 @@ def configure(settings: kopf.OperatorSettings, options: Options) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
-    # Namespaced operators must not list namespaces (they may not be allowed to).
-    settings.scanning.disabled = not options.clusterwide
+    # Namespaced operators with exact names must not list namespaces (they may not be
+    # allowed to). Patterns need the listing: without it Kopf keeps only the exact names
+    # and silently ignores every pattern. (Kopf then also watches CRDs, as cluster-wide.)
+    settings.scanning.disabled = not options.clusterwide and not options.namespace_patterns
     settings.peering.standalone = options.standalone
     settings.peering.clusterwide = options.clusterwide
     if options.peering:

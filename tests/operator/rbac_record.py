@@ -43,10 +43,12 @@ CALLS: dict[tuple[str, str], tuple[str, ...]] = {
 CLUSTERWIDE_ONLY: dict[tuple[str, str], tuple[str, ...]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): ("list", "watch"),
 }
-# Only with glob patterns such as `--namespace 'team-*'`: Kopf watches namespaces to
-# match them. Plain names and --all-namespaces do not need it; not part of the default.
+# Only with patterns such as `--namespace 'team-*'` (test_handlers_globs.py): Kopf lists
+# and watches namespaces to match them, and with that scanning on it also watches CRDs as
+# in cluster-wide mode. Plain names and --all-namespaces do not list namespaces.
 NAMESPACE_GLOBS: dict[tuple[str, str], tuple[str, ...]] = {
     (CORE, "namespaces"): ("list", "watch"),
+    **CLUSTERWIDE_ONLY,
 }
 
 # Not a call but an authorization check: creating a ClusterRoleBinding to
@@ -57,9 +59,11 @@ BIND: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
-def observed_api_calls(clusterwide: bool = True) -> set[tuple[str, str, str]]:
+def observed_api_calls(clusterwide: bool = True, globs: bool = False) -> set[tuple[str, str, str]]:
     """{(verb, group, resource)} the operator needs; resource may be `plural/subresource`."""
     table = {**CALLS, **BIND}
     if clusterwide:
         table.update(CLUSTERWIDE_ONLY)
+    if globs:
+        table.update(NAMESPACE_GLOBS)
     return {(verb, group, resource) for (group, resource), verbs in table.items() for verb in verbs}
