@@ -151,6 +151,23 @@ class Auth(_Model):
         default=120, ge=1, le=3600, alias="tokenCacheTTLSeconds"
     )
     token_review_timeout_seconds: int = Field(default=5, ge=1, le=60)
+    permission_cache_ttl_seconds: int = Field(
+        default=30, ge=0, le=3600, alias="permissionCacheTTLSeconds"
+    )
+    issuers: list[Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s,]+$")]] = Field(
+        default_factory=list, max_length=16
+    )
+
+    @model_validator(mode="after")
+    def _check_caches(self) -> Auth:
+        # The plugin refuses a permission cache outliving the token cache (its own rule).
+        if self.permission_cache_ttl_seconds > self.token_cache_ttl_seconds:
+            raise SpecError(
+                "InvalidCacheTTL",
+                f"auth.permissionCacheTTLSeconds ({self.permission_cache_ttl_seconds}) must not"
+                f" exceed auth.tokenCacheTTLSeconds ({self.token_cache_ttl_seconds}); lower it too",
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_forms(self) -> Auth:

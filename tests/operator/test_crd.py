@@ -256,6 +256,10 @@ EXTERNAL_DBS = {
         ("demo", {"ingress": {"tls": {"secretName": "t"}}}),
         ("demo", {"ingress": {"enabled": True}}),
         ("demo", {"ingress": {"enabled": True, "host": "a.example.com", "tls": {"secretName": "t"}}}),
+        ("demo", {"auth": {"tokenCacheTTLSeconds": 10}}),  # the default permission cache is 30
+        ("demo", {"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 10}}),
+        ("demo", {"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 0}}),
+        ("demo", {"auth": {"permissionCacheTTLSeconds": 121}}),
     ],
 )
 def test_cel_rules_accept_exactly_what_the_model_accepts(
@@ -330,6 +334,12 @@ SINGLE_FIELD_CASES = [
     ({"auth": {"tokenCacheTTLSeconds": 0}}, False),
     ({"auth": {"tokenCacheTTLSeconds": 3601}}, False),
     ({"auth": {"tokenReviewTimeoutSeconds": 61}}, False),
+    ({"auth": {"permissionCacheTTLSeconds": -1}}, False),
+    ({"auth": {"permissionCacheTTLSeconds": 0}}, True),
+    ({"auth": {"issuers": ["https://kubernetes.default.svc"]}}, True),
+    ({"auth": {"issuers": ["a,b"]}}, False),
+    ({"auth": {"issuers": ["has space"]}}, False),
+    ({"auth": {"issuers": [""]}}, False),
     ({"server": {"workers": 0}}, False),
     ({"server": {"workers": 65}}, False),
     ({"server": {"extraEnv": [{"value": "no name"}]}}, False),

@@ -10,7 +10,7 @@ from mlflow.server.auth.config import read_auth_config
 
 from mlflow_k8s_auth.config import AUTHORIZATION_FUNCTION, ServiceAccountRef, load_config
 from mlflow_operator import names
-from mlflow_operator.model import ServerRef, StoreUris, parse_spec
+from mlflow_operator.model import ServerRef, SpecError, StoreUris, parse_spec
 from mlflow_operator.render import render_auth_ini, render_config_secret
 from mlflow_operator.render.config import AUTHORIZATION_FUNCTION as RENDERED_FUNCTION
 from tests.operator.test_render import CASES, PROD_URIS
@@ -67,6 +67,8 @@ def test_defaults_allow_only_the_own_namespace(tmp_path) -> None:
     assert config.allow_basic_auth is True
     assert config.token_cache_ttl_seconds == 120
     assert config.tokenreview_timeout_seconds == 5
+    assert config.permission_cache_ttl_seconds == 30  # on: near-unauthenticated throughput
+    assert config.issuers == ()  # not checked locally; the TokenReview decides
     assert config.kubeconfig is None  # in-cluster credentials of the server's ServiceAccount
 
 
@@ -81,6 +83,8 @@ def test_every_auth_setting_reaches_the_plugin(tmp_path) -> None:
             "basicAuth": {"enabled": False},
             "tokenCacheTTLSeconds": 30,
             "tokenReviewTimeoutSeconds": 2,
+            "permissionCacheTTLSeconds": 10,
+            "issuers": ["https://kubernetes.default.svc.cluster.local", "https://oidc.example.com/c1"],
         }
     })
     config = load_config(_write(tmp_path, render_auth_ini(REF, spec, StoreUris())))
@@ -94,6 +98,20 @@ def test_every_auth_setting_reaches_the_plugin(tmp_path) -> None:
     assert config.allow_basic_auth is False
     assert config.token_cache_ttl_seconds == 30
     assert config.tokenreview_timeout_seconds == 2
+    assert config.permission_cache_ttl_seconds == 10
+    assert config.issuers == ("https://kubernetes.default.svc.cluster.local", "https://oidc.example.com/c1")
+
+
+def test_permission_cache_can_be_turned_off_and_never_outlives_the_token_cache(tmp_path) -> None:
+    off = parse_spec({"auth": {"permissionCacheTTLSeconds": 0}})
+    assert load_config(_write(tmp_path, render_auth_ini(REF, off, StoreUris()))).permission_cache_ttl_seconds == 0
+    # The plugin would refuse to start with it; the operator says so first, naming both fields.
+    with pytest.raises(SpecError, match=r"auth.permissionCacheTTLSeconds \(30\) must not exceed"
+                                        r" auth.tokenCacheTTLSeconds \(10\)") as error:
+        parse_spec({"auth": {"tokenCacheTTLSeconds": 10}})
+    assert error.value.reason == "InvalidCacheTTL"
+    equal = parse_spec({"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 10}})
+    assert load_config(_write(tmp_path, render_auth_ini(REF, equal, StoreUris()))).permission_cache_ttl_seconds == 10
 
 
 def test_any_namespace(tmp_path) -> None:
