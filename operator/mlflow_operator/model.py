@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -31,6 +30,9 @@ from pydantic.alias_generators import to_camel
 
 # Re-exported: handlers and renderers import these from here.
 from mlflow_operator.inputs import GeneratedSecrets, ServerRef, SpecError, StoreUris
+from mlflow_operator.model_auth import Auth
+from mlflow_operator.model_base import DNS_SUBDOMAIN, PERMISSIONS, SecretKeyRef
+from mlflow_operator.model_base import SpecModel as _Model
 
 __all__ = [
     "DEFAULT_IMAGE", "PERMISSIONS", "GeneratedSecrets", "MLflowServerSpec", "ServerRef",
@@ -44,15 +46,6 @@ except PackageNotFoundError:  # running from a source tree without installing
 
 # The one place the default server image is named; plugin/Dockerfile builds it.
 DEFAULT_IMAGE = f"ghcr.io/mlflow-operator/mlflow-server:{_VERSION}"
-
-Permission = Literal["READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS"]
-PERMISSIONS: tuple[str, ...] = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
-
-_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*"
-NAMESPACE_RE = re.compile(rf"^{_DNS_LABEL}$")
-SERVICE_ACCOUNT_RE = re.compile(rf"^({_DNS_LABEL}):({_DNS_SUBDOMAIN})$")
-NAMESPACE_PERMISSION_RE = re.compile(rf"^({_DNS_LABEL}):([A-Z_]+)$")
 
 # Flags and variables the operator sets itself: letting extraArgs/extraEnv override
 # them would silently break authentication or storage, so they are rejected instead.
@@ -75,16 +68,6 @@ MANAGED_ENV: frozenset[str] = frozenset({
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS",
 })
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
-class SecretKeyRef(_Model):
-    name: str = Field(min_length=1, max_length=253)
-    key: str = Field(default="uri", min_length=1, max_length=253)
 
 
 class Toleration(_Model):
@@ -129,69 +112,6 @@ class Artifacts(_Model):
     s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://.+", max_length=1024)
 
 
-class BasicAuth(_Model):
-    enabled: bool = True
-    existing_admin_secret: str | None = Field(default=None, max_length=253)
-
-
-class AuthDatabase(_Model):
-    uri_secret_ref: SecretKeyRef
-
-
-class Auth(_Model):
-    audience: str | None = Field(default=None, min_length=1, max_length=512)
-    allowed_namespaces: list[str] | None = Field(default=None, max_length=256)
-    admin_service_accounts: list[str] = Field(default_factory=list, max_length=256)
-    namespace_permissions: list[str] = Field(default_factory=list, max_length=256)
-    default_permission: Permission = "READ"
-    admin_username: str = Field(default="admin", min_length=1, max_length=128, pattern=r"^[^\s:]+$")
-    basic_auth: BasicAuth = Field(default_factory=BasicAuth)
-    auth_database: AuthDatabase | None = None
-    token_cache_ttl_seconds: int = Field(
-        default=120, ge=1, le=3600, alias="tokenCacheTTLSeconds"
-    )
-    token_review_timeout_seconds: int = Field(default=5, ge=1, le=60)
-    permission_cache_ttl_seconds: int = Field(
-        default=30, ge=0, le=3600, alias="permissionCacheTTLSeconds"
-    )
-    issuers: list[Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s,]+$")]] = Field(
-        default_factory=list, max_length=16
-    )
-
-    @model_validator(mode="after")
-    def _check_caches(self) -> Auth:
-        # The plugin refuses a permission cache outliving the token cache (its own rule).
-        if self.permission_cache_ttl_seconds > self.token_cache_ttl_seconds:
-            raise SpecError(
-                "InvalidCacheTTL",
-                f"auth.permissionCacheTTLSeconds ({self.permission_cache_ttl_seconds}) must not"
-                f" exceed auth.tokenCacheTTLSeconds ({self.token_cache_ttl_seconds}); lower it too",
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _check_forms(self) -> Auth:
-        for ns in self.allowed_namespaces or []:
-            if ns != "*" and not NAMESPACE_RE.match(ns):
-                raise SpecError(
-                    "InvalidNamespace",
-                    f"auth.allowedNamespaces: {ns!r} is not a namespace name or '*'",
-                )
-        for sa in self.admin_service_accounts:
-            if not SERVICE_ACCOUNT_RE.match(sa):
-                raise SpecError(
-                    "InvalidServiceAccount",
-                    f"auth.adminServiceAccounts: {sa!r} is not of the form namespace:name",
-                )
-        for entry in self.namespace_permissions:
-            match = NAMESPACE_PERMISSION_RE.match(entry)
-            if not match or match.group(2) not in PERMISSIONS:
-                raise SpecError(
-                    "InvalidPermission",
-                    f"auth.namespacePermissions: {entry!r} is not of the form namespace:PERMISSION"
-                    f" with PERMISSION one of {', '.join(PERMISSIONS)}",
-                )
-        return self
 
 
 class EnvVar(_Model):
@@ -232,7 +152,7 @@ class Server(_Model):
     extra_env: list[EnvVar] = Field(default_factory=list, max_length=128)
     expose_metrics: bool = False
     static_prefix: str | None = Field(default=None, pattern=r"^/[^{}]*[^/{}]$", max_length=256)
-    cluster_domain: str = Field(default="cluster.local", pattern=rf"^{_DNS_SUBDOMAIN}$")
+    cluster_domain: str = Field(default="cluster.local", pattern=rf"^{DNS_SUBDOMAIN}$")
     extra_volumes: list[Volume] = Field(default_factory=list, max_length=32)
     extra_volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=32)
     job_execution: JobExecution = Field(default_factory=JobExecution)
@@ -291,7 +211,7 @@ class IngressTLS(_Model):
 class Ingress(_Model):
     enabled: bool = False
     class_name: str | None = None
-    host: str | None = Field(default=None, pattern=rf"^{_DNS_SUBDOMAIN}$", max_length=253)
+    host: str | None = Field(default=None, pattern=rf"^{DNS_SUBDOMAIN}$", max_length=253)
     path: str = Field(default="/", pattern=r"^/")
     annotations: dict[str, str] = Field(default_factory=dict)
     tls: IngressTLS | None = None

@@ -1,0 +1,83 @@
+"""`spec.auth` of the model: who may log in, with which permissions, and the plugin's caches."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from mlflow_operator.inputs import SpecError
+from mlflow_operator.model_base import (
+    NAMESPACE_PERMISSION_RE,
+    NAMESPACE_RE,
+    PERMISSIONS,
+    SERVICE_ACCOUNT_RE,
+    Permission,
+    SecretKeyRef,
+    SpecModel,
+)
+
+
+class BasicAuth(SpecModel):
+    enabled: bool = True
+    existing_admin_secret: str | None = Field(default=None, max_length=253)
+
+
+class AuthDatabase(SpecModel):
+    uri_secret_ref: SecretKeyRef
+
+
+class Auth(SpecModel):
+    audience: str | None = Field(default=None, min_length=1, max_length=512)
+    allowed_namespaces: list[str] | None = Field(default=None, max_length=256)
+    admin_service_accounts: list[str] = Field(default_factory=list, max_length=256)
+    namespace_permissions: list[str] = Field(default_factory=list, max_length=256)
+    default_permission: Permission = "READ"
+    admin_username: str = Field(default="admin", min_length=1, max_length=128, pattern=r"^[^\s:]+$")
+    basic_auth: BasicAuth = Field(default_factory=BasicAuth)
+    auth_database: AuthDatabase | None = None
+    token_cache_ttl_seconds: int = Field(
+        default=120, ge=1, le=3600, alias="tokenCacheTTLSeconds"
+    )
+    token_review_timeout_seconds: int = Field(default=5, ge=1, le=60)
+    permission_cache_ttl_seconds: int = Field(
+        default=30, ge=0, le=3600, alias="permissionCacheTTLSeconds"
+    )
+    issuers: list[Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s,]+$")]] = Field(
+        default_factory=list, max_length=16
+    )
+
+    @model_validator(mode="after")
+    def _check_caches(self) -> Auth:
+        # The plugin refuses a permission cache outliving the token cache (its own rule).
+        if self.permission_cache_ttl_seconds > self.token_cache_ttl_seconds:
+            raise SpecError(
+                "InvalidCacheTTL",
+                f"auth.permissionCacheTTLSeconds ({self.permission_cache_ttl_seconds}) must not"
+                f" exceed auth.tokenCacheTTLSeconds ({self.token_cache_ttl_seconds}); lower it too",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_forms(self) -> Auth:
+        for ns in self.allowed_namespaces or []:
+            if ns != "*" and not NAMESPACE_RE.match(ns):
+                raise SpecError(
+                    "InvalidNamespace",
+                    f"auth.allowedNamespaces: {ns!r} is not a namespace name or '*'",
+                )
+        for sa in self.admin_service_accounts:
+            if not SERVICE_ACCOUNT_RE.match(sa):
+                raise SpecError(
+                    "InvalidServiceAccount",
+                    f"auth.adminServiceAccounts: {sa!r} is not of the form namespace:name",
+                )
+        for entry in self.namespace_permissions:
+            match = NAMESPACE_PERMISSION_RE.match(entry)
+            if not match or match.group(2) not in PERMISSIONS:
+                raise SpecError(
+                    "InvalidPermission",
+                    f"auth.namespacePermissions: {entry!r} is not of the form namespace:PERMISSION"
+                    f" with PERMISSION one of {', '.join(PERMISSIONS)}",
+                )
+        return self
