@@ -93,7 +93,7 @@ def test_help_lists_commands_and_run_options():
     assert "run" in top.stdout and "render" in top.stdout
     run = cli("run", "--help")
     for option in ("--namespace", "--all-namespaces", "--standalone", "--peering", "--liveness",
-                   "--resync-seconds", "--log-format"):
+                   "--resync-seconds", "--log-format", "--default-server-image"):
         assert option in run.stdout
     usage = cli("run", "--namespace", "a", "--all-namespaces")
     assert usage.returncode == 2 and "not allowed with argument" in usage.stderr

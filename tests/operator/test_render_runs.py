@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -166,3 +167,27 @@ def test_rendered_job_migrates_postgres_and_the_rendered_server_serves_it(
     finally:
         server.stop()
     assert "Adm1n-pw-long-enough" not in server.log() and PASSWORD not in server.log()
+
+
+def test_job_execution_turned_on_starts_mlflows_job_runner(tmp_path: Path) -> None:
+    """The positive control of the check above: the spec field really reaches MLflow."""
+    ref = ServerRef("jobs-demo", "team-a", "uid-jobs-demo")
+    spec = parse_spec({"server": {"workers": 1, "jobExecution": {"enabled": True}}})
+    objects = render_all(ref, spec, GENERATED)  # sqlite on the volume
+    kubelet = _kubelet(tmp_path, objects)
+    logs = tmp_path / "logs"
+    job = next(o for o in objects if o["kind"] == "Job")
+    code, log = run_pod(kubelet.prepare(job["metadata"]["name"], ref.namespace, job["spec"]["template"]["spec"]),
+                        logs, timeout=180)
+    assert code == 0, log[-3000:]
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    server = start_pod(kubelet.prepare(f"{names.deployment_name(ref)}-0", ref.namespace,
+                                       deployment["spec"]["template"]["spec"]), logs, timeout=60)
+    try:
+        wait_ready(server, timeout=120)
+        deadline = time.monotonic() + 30
+        while not [c for c in _pod_commands(server.proc.pid) if "mlflow.server.jobs" in c]:
+            assert time.monotonic() < deadline, _pod_commands(server.proc.pid)
+            time.sleep(0.5)
+    finally:
+        server.stop()
