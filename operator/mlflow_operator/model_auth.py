@@ -27,6 +27,9 @@ class AuthDatabase(SpecModel):
     uri_secret_ref: SecretKeyRef
 
 
+DEFAULT_PERMISSION_CACHE_TTL_SECONDS = 30
+
+
 class Auth(SpecModel):
     audience: str | None = Field(default=None, min_length=1, max_length=512)
     allowed_namespaces: list[str] | None = Field(default=None, max_length=256)
@@ -40,8 +43,10 @@ class Auth(SpecModel):
         default=120, ge=1, le=3600, alias="tokenCacheTTLSeconds"
     )
     token_review_timeout_seconds: int = Field(default=5, ge=1, le=60)
-    permission_cache_ttl_seconds: int = Field(
-        default=30, ge=0, le=3600, alias="permissionCacheTTLSeconds"
+    # Unset: the default below, lowered to the token cache TTL (so a short token TTL alone
+    # is never an invalid spec).
+    permission_cache_ttl_seconds: int | None = Field(
+        default=None, ge=0, le=3600, alias="permissionCacheTTLSeconds"
     )
     issuers: list[Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s,]+$")]] = Field(
         default_factory=list, max_length=16
@@ -50,13 +55,20 @@ class Auth(SpecModel):
     @model_validator(mode="after")
     def _check_caches(self) -> Auth:
         # The plugin refuses a permission cache outliving the token cache (its own rule).
-        if self.permission_cache_ttl_seconds > self.token_cache_ttl_seconds:
+        if self.permission_cache_ttl_seconds is not None \
+                and self.permission_cache_ttl_seconds > self.token_cache_ttl_seconds:
             raise SpecError(
                 "InvalidCacheTTL",
                 f"auth.permissionCacheTTLSeconds ({self.permission_cache_ttl_seconds}) must not"
                 f" exceed auth.tokenCacheTTLSeconds ({self.token_cache_ttl_seconds}); lower it too",
             )
         return self
+
+    @property
+    def effective_permission_cache_ttl_seconds(self) -> int:
+        if self.permission_cache_ttl_seconds is not None:
+            return self.permission_cache_ttl_seconds
+        return min(DEFAULT_PERMISSION_CACHE_TTL_SECONDS, self.token_cache_ttl_seconds)
 
     @model_validator(mode="after")
     def _check_forms(self) -> Auth:

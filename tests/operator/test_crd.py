@@ -256,7 +256,8 @@ EXTERNAL_DBS = {
         ("demo", {"ingress": {"tls": {"secretName": "t"}}}),
         ("demo", {"ingress": {"enabled": True}}),
         ("demo", {"ingress": {"enabled": True, "host": "a.example.com", "tls": {"secretName": "t"}}}),
-        ("demo", {"auth": {"tokenCacheTTLSeconds": 10}}),  # the default permission cache is 30
+        ("demo", {"auth": {"tokenCacheTTLSeconds": 10}}),  # the unset permission cache follows it down
+        ("demo", {"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 30}}),
         ("demo", {"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 10}}),
         ("demo", {"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 0}}),
         ("demo", {"auth": {"permissionCacheTTLSeconds": 121}}),

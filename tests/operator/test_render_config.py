@@ -108,8 +108,11 @@ def test_permission_cache_can_be_turned_off_and_never_outlives_the_token_cache(t
     # The plugin would refuse to start with it; the operator says so first, naming both fields.
     with pytest.raises(SpecError, match=r"auth.permissionCacheTTLSeconds \(30\) must not exceed"
                                         r" auth.tokenCacheTTLSeconds \(10\)") as error:
-        parse_spec({"auth": {"tokenCacheTTLSeconds": 10}})
+        parse_spec({"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 30}})
     assert error.value.reason == "InvalidCacheTTL"
+    # Left unset, it follows a short token cache down instead of making the spec invalid.
+    short = parse_spec({"auth": {"tokenCacheTTLSeconds": 10}})
+    assert load_config(_write(tmp_path, render_auth_ini(REF, short, StoreUris()))).permission_cache_ttl_seconds == 10
     equal = parse_spec({"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 10}})
     assert load_config(_write(tmp_path, render_auth_ini(REF, equal, StoreUris()))).permission_cache_ttl_seconds == 10
 

@@ -68,7 +68,7 @@ def render_auth_ini(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris) -> 
         "namespace_permissions": ",".join(auth.namespace_permissions),
         "token_cache_ttl_seconds": str(auth.token_cache_ttl_seconds),
         "tokenreview_timeout_seconds": str(auth.token_review_timeout_seconds),
-        "permission_cache_ttl_seconds": str(auth.permission_cache_ttl_seconds),
+        "permission_cache_ttl_seconds": str(auth.effective_permission_cache_ttl_seconds),
         "allow_basic_auth": "true" if auth.basic_auth.enabled else "false",
     }
     if auth.issuers:  # absent: not checked locally
