@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import permission_cache, runtime
+from . import permission_cache, route_memo, runtime
 from .config import ConfigError, K8sAuthConfig, load_config
 
 _PREFIX = "mlflow-k8s-auth"
@@ -94,4 +94,5 @@ def create_app(app: Any = None) -> Any:
 
     runtime.install(runtime.build_runtime(CONFIG, mlflow_auth.store))
     permission_cache.install(mlflow_auth.store, CONFIG.permission_cache_ttl_seconds, CONFIG.cache_max_entries)
+    route_memo.install()
     return mlflow_auth.create_app() if app is None else mlflow_auth.create_app(app)
