@@ -6,6 +6,11 @@ Side by side, same settings (1 uvicorn worker, SQLite stores, same endpoint
   * k8s-auth bearer, warm token cache, MLflow's permission lookups uncached (default)
   * k8s-auth bearer, warm token cache, `permission_cache_ttl_seconds = 60`
   * MLflow basic-auth (`--app-name basic-auth`, its credential cache on, ttl 120)
+Method: one warm-up second each, then `rounds` rounds of `seconds` per variant; each round
+starts with a different variant (rotation), ratios are taken within a round and the median
+over rounds is printed with its min/max. The servers' own CPU time per request (process tree,
+from /proc) is printed too: it measures the same thing with less noise from other load.
+The client (8 keep-alive threads) runs in this process and shares the machine's cores.
 plus: TokenReviews for 64 concurrent requests with one new token, the in-process cost of a
 token cache hit and of the plugin's whole warm-cache authentication, and TokenReviews
 caused by a flood of unique garbage tokens.
@@ -19,6 +24,7 @@ import argparse
 import base64
 import concurrent.futures
 import json
+import os
 import secrets
 import statistics
 import tempfile
@@ -63,8 +69,8 @@ class _PlainServer(MlflowServer):
         return command[:at] + command[at + 2:]
 
 
-def _throughput(url: str, headers: dict[str, str], seconds: float) -> float:
-    """Requests per second from THREADS keep-alive clients hammering one URL."""
+def _throughput(url: str, headers: dict[str, str], seconds: float) -> tuple[float, int]:
+    """(requests per second, requests) from THREADS keep-alive clients hammering one URL."""
     stop = time.monotonic() + seconds
     counts = [0] * THREADS
     errors: list[int] = []
@@ -86,7 +92,25 @@ def _throughput(url: str, headers: dict[str, str], seconds: float) -> float:
         thread.join()
     if errors:
         raise RuntimeError(f"benchmark request failed with HTTP {errors[0]}")
-    return sum(counts) / (time.monotonic() - started)
+    return sum(counts) / (time.monotonic() - started), sum(counts)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and all its descendants, from /proc."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _per_call_us(fn: Callable[[], Any], iterations: int) -> float:
@@ -205,7 +229,7 @@ def _experiment(server: MlflowServer, admin_headers: dict[str, str]) -> str:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    seconds, rounds = (2.0, 2) if quick else (6.0, 3)
+    seconds, rounds = (2.0, 4) if quick else (5.0, 8)
     flood_count = 1000 if quick else 10000
     kube = KubeEmulator().start()
     try:
@@ -241,12 +265,19 @@ def _measure(
     }
     urls = {n: f"{servers[n].url}/api/2.0/mlflow/experiments/get?experiment_id={e}" for n, (_, e) in targets.items()}
     for name, (headers, _) in targets.items():  # warm caches and connections
-        _throughput(urls[name], headers, 0.5)
-    samples: dict[str, list[float]] = {name: [] for name in targets}
-    for _ in range(rounds):  # interleaved so background load hits all alike
-        for name, (headers, _) in targets.items():
-            samples[name].append(_throughput(urls[name], headers, seconds))
-    rps = {name: statistics.median(values) for name, values in samples.items()}
+        _throughput(urls[name], headers, 1.0)
+    rps: dict[str, list[float]] = {name: [] for name in targets}
+    cpu_us: dict[str, list[float]] = {name: [] for name in targets}
+    names = list(targets)
+    for index in range(rounds):
+        # Each round starts with a different variant, so slow drifts in machine load and
+        # any order effect hit every variant alike; ratios are taken within a round.
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            pid = servers[name].proc.pid  # type: ignore[union-attr]
+            cpu_before = _cpu_seconds(pid)
+            rate, count = _throughput(urls[name], targets[name][0], seconds)
+            rps[name].append(rate)
+            cpu_us[name].append((_cpu_seconds(pid) - cpu_before) / max(count, 1) * 1e6)
 
     new_token = kube.token_for("bench", "reader", [AUDIENCE], expires_in=7000)
     before = kube.tokenreview.count
@@ -261,16 +292,32 @@ def _measure(
     flood_reviews = kube.tokenreview.count - before
 
     costs = _cache_costs(200_000)
+    median = {name: statistics.median(values) for name, values in rps.items()}
+
+    def ratio(name: str, base: str = "plain") -> float:
+        """Median over rounds of this round's throughput ratio."""
+        return round(statistics.median(a / b for a, b in zip(rps[name], rps[base], strict=True)), 3)
+
+    def spread(name: str) -> list[float]:
+        values = [a / b for a, b in zip(rps[name], rps["plain"], strict=True)]
+        return [round(min(values), 3), round(max(values), 3)]
+
     return {
-        "rps_unauthenticated": round(rps["plain"], 1),
-        "rps_k8s_bearer": round(rps["k8s"], 1),
-        "rps_k8s_bearer_permission_cache": round(rps["k8s_permcache"], 1),
-        "rps_mlflow_basic_auth": round(rps["basic"], 1),
-        "ratio_k8s_vs_unauthenticated": round(rps["k8s"] / rps["plain"], 3),
-        "ratio_k8s_permission_cache_vs_unauthenticated": round(rps["k8s_permcache"] / rps["plain"], 3),
+        "rounds": rounds,
+        "seconds_per_round_per_variant": seconds,
+        "rps_unauthenticated": round(median["plain"], 1),
+        "rps_k8s_bearer": round(median["k8s"], 1),
+        "rps_k8s_bearer_permission_cache": round(median["k8s_permcache"], 1),
+        "rps_mlflow_basic_auth": round(median["basic"], 1),
+        "ratio_k8s_vs_unauthenticated": ratio("k8s"),
+        "ratio_k8s_permission_cache_vs_unauthenticated": ratio("k8s_permcache"),
+        "ratio_k8s_permission_cache_vs_unauthenticated_min_max": spread("k8s_permcache"),
         "ratio_k8s_permission_cache_vs_unauthenticated_target": ">= 0.9",
-        "ratio_basic_vs_unauthenticated": round(rps["basic"] / rps["plain"], 3),
-        "ratio_k8s_vs_basic": round(rps["k8s"] / rps["basic"], 3),
+        "ratio_basic_vs_unauthenticated": ratio("basic"),
+        "ratio_k8s_vs_basic": ratio("k8s", "basic"),
+        # Server CPU per request (whole process tree): the same comparison, less sensitive to
+        # other load on the machine and to the client's own CPU use.
+        **{f"server_cpu_us_per_request_{name}": round(statistics.median(v)) for name, v in cpu_us.items()},
         "tokenreviews_for_64_concurrent_new_token": burst_reviews,
         "tokenreviews_for_64_concurrent_new_token_target": 1,
         "cache_hit_us": round(costs["cache_hit_us"], 2),
