@@ -77,19 +77,19 @@ def _routers(routes: Sequence[Any], plain: tuple[Any, ...]) -> list[Any] | None:
     return found
 
 
-def _fingerprint(routers: Sequence[Any]) -> tuple[tuple[int, int, int], ...]:
+def _fingerprint(routes: Sequence[Any], routers: Sequence[Any]) -> tuple[int, ...]:
     # FastAPI bumps `_routes_version` when it adds a route; the lengths catch a bare append.
-    return tuple(
-        (router._routes_version, len(router.routes), len(getattr(router, "_low_priority_routes", ())))
-        for router in routers
-    )
+    return (len(routes), *(
+        number for router in routers
+        for number in (router._routes_version, len(router.routes), len(getattr(router, "_low_priority_routes", ())))
+    ))
 
 
 @dataclass(frozen=True)
 class _Table:
     routes: Sequence[Any]  # held so its id() cannot be reused while it is known
     routers: list[Any] | None
-    fingerprint: tuple[tuple[int, int, int], ...]
+    fingerprint: tuple[int, ...]
 
 
 class NativeRouteMemo:
@@ -108,11 +108,11 @@ class NativeRouteMemo:
         with self._lock:
             table = self._tables.get(id(routes))
         if table is not None and table.routes is routes and (
-            table.routers is None or _fingerprint(table.routers) == table.fingerprint
+            table.routers is None or _fingerprint(routes, table.routers) == table.fingerprint
         ):
             return table
         routers = _routers(routes, self._plain)
-        table = _Table(routes, routers, _fingerprint(routers or ()))
+        table = _Table(routes, routers, _fingerprint(routes, routers or ()))
         with self._lock:
             if len(self._tables) >= 64:
                 self._tables.clear()

@@ -99,6 +99,10 @@ def test_route_added_later_is_seen() -> None:
     assert MLFLOW_MATCH(routes, scope("/extra/late")) is True
     assert memo(routes, scope("/extra/late")) is True
 
+    assert memo(routes, scope("/top")) is False
+    routes.append(Route("/top", lambda r: None))
+    assert memo(routes, scope("/top")) is True
+
 
 def test_unvouched_route_kinds_and_long_paths_are_matched_every_time() -> None:
     app, _ = _small_app()
