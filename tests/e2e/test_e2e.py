@@ -19,6 +19,7 @@ import pytest
 from tests.e2e.cluster import ServerPod, wait_for
 from tests.e2e.emulator import EmulatorThread
 from tests.e2e.stack import Stack
+from tests.support.postgres import create_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -193,23 +194,12 @@ def _assert_clean_logs(stack: Stack, root: Path) -> None:
 @pytest.fixture()
 def postgres_databases() -> Iterator[dict[str, str]]:
     """Two fresh PostgreSQL databases (tracking, auth) on 127.0.0.1, dropped afterwards."""
-    import secrets as _secrets
-
-    import psycopg2
-
-    names = {kind: f"e2e_{kind}_{_secrets.token_hex(4)}" for kind in ("tracking", "auth")}
-    admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="test")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        for db in names.values():
-            cur.execute(f"CREATE DATABASE {db}")
+    dbs = {kind: create_database(f"e2e_{kind}") for kind in ("tracking", "auth")}
     try:
-        yield {kind: f"postgresql://postgres@127.0.0.1:5432/{db}" for kind, db in names.items()}
+        yield {kind: db.uri for kind, db in dbs.items()}
     finally:
-        with admin.cursor() as cur:
-            for db in names.values():
-                cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        admin.close()
+        for db in dbs.values():
+            db.drop()
 
 
 def test_external_postgres_from_secret_refs_is_migrated_and_used(

@@ -28,6 +28,7 @@ from mlflow_operator.model import GeneratedSecrets, ServerRef, StoreUris, parse_
 from mlflow_operator.render import render_all
 from tests.e2e.kubelet import Kubelet
 from tests.e2e.processes import run_pod, start_pod, wait_ready
+from tests.support.postgres import create_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -39,25 +40,12 @@ REF = ServerRef("pg-demo", "team-a", "uid-pg-demo")
 GENERATED = GeneratedSecrets(flask_secret_key=secrets.token_hex(32), admin_password="Adm1n-pw-long-enough")
 
 
-def _admin_sql(sql: str) -> None:
-    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="test")
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def databases() -> Iterator[tuple[str, str]]:
-    suffix = secrets.token_hex(4)
-    dbs = (f"render_runs_{suffix}", f"render_runs_auth_{suffix}")
+    dbs = (create_database("render_runs"), create_database("render_runs_auth"))
+    yield tuple(db.name for db in dbs)
     for db in dbs:
-        _admin_sql(f"CREATE DATABASE {db}")
-    yield dbs
-    for db in dbs:
-        _admin_sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        db.drop()
 
 
 def _tables(db: str) -> set[str]:

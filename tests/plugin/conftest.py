@@ -14,21 +14,20 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg2
 import pytest
 import requests
 
 from tests.support.kube import KubeEmulator
+from tests.support.postgres import Database as Postgres
+from tests.support.postgres import create_database
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-password-1234"
 AUDIENCE = "mlflow-test"
-PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 
 def free_port() -> int:
@@ -143,46 +142,16 @@ def module_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("plugin")
 
 
-@dataclass
-class Postgres:
-    name: str
-
-    @property
-    def uri(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:5432/{self.name}"
-
-    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        with psycopg2.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={self.name}") as conn:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall()
-
-
-    def drop(self) -> None:
-        _admin_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-
-
-def _admin_sql(sql: str) -> None:
-    conn = psycopg2.connect(PG_DSN)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="module")
 def fresh_databases() -> Iterator[Callable[[], Postgres]]:
     """Factory for fresh PostgreSQL databases, dropped when the module ends."""
-    created: list[str] = []
+    created: list[Postgres] = []
 
     def make() -> Postgres:
-        name = f"plugin_{uuid.uuid4().hex[:12]}"
-        _admin_sql(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        return Postgres(name)
+        database = create_database("plugin")
+        created.append(database)
+        return database
 
     yield make
-    for name in created:
-        _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for database in created:
+        database.drop()
