@@ -36,6 +36,7 @@ import requests
 from tests.e2e import kubelet, processes
 from tests.e2e.network import ServiceProxy, ServiceTable
 from tests.support import tokens
+from tests.support.kubeproto import deployment_available_status
 
 T = TypeVar("T")
 
@@ -212,7 +213,8 @@ class LocalCluster:
         pod = ServerPod(namespace, name, revision, template, running)
         self.pods[(namespace, name)] = pod
         self._publish_services(namespace, pod)
-        self.patch(path + "/status", {"status": _deployment_status(deployment)})
+        # one local pod stands in for the replica set
+        self.patch(path + "/status", {"status": deployment_available_status(deployment, 1, _now())})
         return pod
 
     def _publish_services(self, namespace: str, pod: ServerPod) -> None:
@@ -260,24 +262,6 @@ def _owned_by(obj: dict[str, Any], owner: str | None) -> bool:
         return True
     refs = obj["metadata"].get("ownerReferences") or []
     return any(r.get("kind") == "MLflowServer" and r.get("name") == owner for r in refs)
-
-
-def _deployment_status(deployment: dict[str, Any]) -> dict[str, Any]:
-    replicas = 1  # one local pod stands in for the replica set
-    now = _now()
-    return {
-        "observedGeneration": deployment["metadata"].get("generation", 1),
-        "replicas": replicas,
-        "updatedReplicas": replicas,
-        "readyReplicas": replicas,
-        "availableReplicas": replicas,
-        "conditions": [
-            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
-             "lastUpdateTime": now, "lastTransitionTime": now},
-            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-             "lastUpdateTime": now, "lastTransitionTime": now},
-        ],
-    }
 
 
 def _now() -> str:

@@ -60,6 +60,7 @@ import aiohttp.web
 import kmock
 import yaml
 
+from tests.support import kubeproto as kp
 from tests.support import tokens
 
 if TYPE_CHECKING:
@@ -205,18 +206,7 @@ class KubeHelpers:
         if deployment is None:
             raise LookupError(f'no Deployment {namespace}/{name}')
         replicas = (deployment.get('spec') or {}).get('replicas', 1)
-        now = deployment['metadata']['creationTimestamp']
-        status = {
-            'observedGeneration': deployment['metadata'].get('generation', 1),
-            'replicas': replicas, 'updatedReplicas': replicas, 'readyReplicas': replicas,
-            'availableReplicas': replicas,
-            'conditions': [
-                {'type': 'Available', 'status': 'True', 'reason': 'MinimumReplicasAvailable',
-                 'lastUpdateTime': now, 'lastTransitionTime': now},
-                {'type': 'Progressing', 'status': 'True', 'reason': 'NewReplicaSetAvailable',
-                 'lastUpdateTime': now, 'lastTransitionTime': now},
-            ],
-        }
+        status = kp.deployment_available_status(deployment, replicas, deployment['metadata']['creationTimestamp'])
         return self.patch('apps/v1/deployments', namespace, name, {'status': status}, subresource='status')
 
     def mark_job_finished(self: KubeEmulator, namespace: str, name: str, *, succeeded: bool = True) -> dict[str, Any]:

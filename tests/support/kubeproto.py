@@ -301,3 +301,18 @@ def _field_check(path: list[str], value: str, *, negate: bool) -> Predicate:
         actual = '' if current is None else str(current).lower() if isinstance(current, bool) else str(current)
         return (actual == value) != negate
     return check
+
+
+def deployment_available_status(deployment: Mapping[str, Any], replicas: int, now: str) -> dict[str, Any]:
+    """The status the Deployment controller writes once `replicas` pods are ready."""
+    return {
+        'observedGeneration': deployment['metadata'].get('generation', 1),
+        'replicas': replicas, 'updatedReplicas': replicas, 'readyReplicas': replicas,
+        'availableReplicas': replicas,
+        'conditions': [
+            {'type': 'Available', 'status': 'True', 'reason': 'MinimumReplicasAvailable',
+             'lastUpdateTime': now, 'lastTransitionTime': now},
+            {'type': 'Progressing', 'status': 'True', 'reason': 'NewReplicaSetAvailable',
+             'lastUpdateTime': now, 'lastTransitionTime': now},
+        ],
+    }
