@@ -139,7 +139,7 @@ def test_update_propagates_and_rolls_the_deployment(opkube, operator):
                    what="a new config checksum on the pod template")
     assert new
     wait_for(lambda: _status(kube, "alpha").get("observedGeneration") == 2, what="observedGeneration 2")
-    assert "Updated" in _reasons(kube, "alpha")
+    wait_for(lambda: "Updated" in _reasons(kube, "alpha"), what="an Updated Event for alpha")
 
 
 def test_new_image_migrates_before_it_rolls_out(opkube, operator):
@@ -191,7 +191,8 @@ def test_invalid_spec_degrades_then_recovers(opkube, operator):
     status = wait_for(lambda: _status(kube, "beta").get("phase") == "Progressing" and _status(kube, "beta"),
                       what="beta recovering")
     assert _cond(status, "Degraded")["status"] == "False"
-    assert "Recovered" in wait_for(lambda: _reasons(kube, "beta"), what="beta Events")
+    # Kopf posts Events asynchronously: the status can be visible before them.
+    wait_for(lambda: "Recovered" in _reasons(kube, "beta"), what="a Recovered Event for beta")
     # A failed migration is reported with the Job's name.
     job = _job_name(kube, "beta")
     wait_for(lambda: kube.get("batch/v1/jobs", NS, job), what=f"Job {job}")
@@ -276,7 +277,8 @@ def test_admin_secret_with_a_password_mlflow_refuses_degrades_until_fixed(opkube
     status = wait_for(lambda: _status(kube, "iota").get("phase") == "Progressing" and _status(kube, "iota"),
                       timeout=15, what="iota recovering once the password is valid")
     assert _cond(status, "Degraded")["status"] == "False"
-    assert "Recovered" in wait_for(lambda: _reasons(kube, "iota"), what="iota Events")
+    # Kopf posts Events asynchronously: the status can be visible before them.
+    wait_for(lambda: "Recovered" in _reasons(kube, "iota"), what="a Recovered Event for iota")
     # The refused values are never shown: status, Events, operator log.
     for value in (short, "password1234"):
         assert value not in str(kube.list(CR, NS))
@@ -317,7 +319,8 @@ def test_optional_objects_follow_the_spec(opkube, operator):
                                           "networkPolicy": {"enabled": False}}})
     for resource, name in optional:
         wait_for(lambda: kube.get(resource, NS, name) is None, what=f"{resource} {name} deleted")
-    assert "Deleted" in wait_for(lambda: _reasons(kube, "delta"), what="delta Events")
+    # Kopf posts Events asynchronously: the status can be visible before them.
+    wait_for(lambda: "Deleted" in _reasons(kube, "delta"), what="a Deleted Event for delta")
     wait_for(lambda: _status(kube, "delta").get("url") == f"http://delta.{NS}.svc:5000", what="in-cluster url")
 
 
