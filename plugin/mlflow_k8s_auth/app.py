@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import permission_cache, route_memo, runtime
+from . import permission_cache, permission_fast_path, route_memo, runtime
 from .config import ConfigError, K8sAuthConfig, load_config
 
 _PREFIX = "mlflow-k8s-auth"
@@ -95,4 +95,7 @@ def create_app(app: Any = None) -> Any:
     runtime.install(runtime.build_runtime(CONFIG, mlflow_auth.store))
     permission_cache.install(mlflow_auth.store, CONFIG.permission_cache_ttl_seconds, CONFIG.cache_max_entries)
     route_memo.install()
-    return mlflow_auth.create_app() if app is None else mlflow_auth.create_app(app)
+    created = mlflow_auth.create_app() if app is None else mlflow_auth.create_app(app)
+    if hasattr(created, "user_middleware"):  # the FastAPI app (uvicorn); Flask has none
+        permission_fast_path.install(created)
+    return created

@@ -19,16 +19,12 @@ from starlette.routing import Host, Route
 
 from mlflow_k8s_auth import route_memo
 from mlflow_k8s_auth.route_memo import MAX_PATH_CHARS, NativeRouteMemo
+from tests.support.routes import native_paths, scope
 
 # MLflow's function itself, even if the plugin's app was created in this process already.
 MLFLOW_MATCH: Callable[[Sequence[Any], dict[str, Any]], bool] = getattr(
     mlflow_auth._scope_matches_native_route, "__wrapped__", mlflow_auth._scope_matches_native_route
 )
-
-
-def scope(path: str, method: str = "GET", kind: str = "http", root_path: str = "") -> dict[str, Any]:
-    return {"type": kind, "method": method, "path": path, "root_path": root_path,
-            "headers": [(b"host", b"localhost:5000")], "query_string": b""}
 
 
 class Counting:
@@ -45,19 +41,6 @@ def mlflow_native_routes() -> list[Any]:
     return mlflow_auth._native_fastapi_routes(create_fastapi_app(flask.Flask("route-memo-test")))
 
 
-def _native_paths(routes: Sequence[Any], prefix: str = "") -> list[tuple[str, str]]:
-    """(method, concrete path) for every native route, path parameters filled in."""
-    found: list[tuple[str, str]] = []
-    for route in routes:
-        router = getattr(route, "original_router", None)
-        if router is not None:
-            found += _native_paths(router.routes, prefix + getattr(route.include_context, "prefix", ""))
-        elif path := getattr(route, "path", None):
-            concrete = "/".join("x1" if part.startswith("{") else part for part in (prefix + path).split("/"))
-            found += [(method, concrete) for method in sorted(getattr(route, "methods", None) or {"GET"})]
-    return found
-
-
 def test_same_answers_as_mlflow_on_its_app(mlflow_native_routes: list[Any]) -> None:
     flask_paths = [
         ("GET", "/api/2.0/mlflow/experiments/get"), ("POST", "/api/2.0/mlflow/runs/create"),
@@ -66,7 +49,7 @@ def test_same_answers_as_mlflow_on_its_app(mlflow_native_routes: list[Any]) -> N
     ]
     odd = [("GET", "/gateway/"), ("DELETE", "/v1/traces"), ("GET", "/ajax-api/3.0/jobs"), ("OPTIONS", "/gateway/x"),
            ("GET", "/nope"), ("GET", "/v1/traces/../../api"), ("PATCH", "/ajax-api/3.0/jobs/x1/cancel")]
-    native = _native_paths(mlflow_native_routes)
+    native = native_paths(mlflow_native_routes)
     assert len(native) > 20
     cases = [scope(p, m) for m, p in flask_paths + odd + native]
     cases += [scope("/gateway/x", kind="websocket"), scope("/mlflow/v1/traces", "POST", root_path="/mlflow")]
