@@ -12,6 +12,7 @@ import urllib.request
 from typing import Any
 
 import aiohttp
+import kmock
 import kubernetes
 import pytest
 import urllib3
@@ -528,6 +529,24 @@ def test_watch_honours_timeout_and_selectors_and_bookmarks(kube: KubeEmulator, c
     assert 0.9 < time.monotonic() - started < 3
     assert [(e['type'], e['object']['metadata'].get('name')) for e in events] == [('ADDED', 'a'), ('BOOKMARK', None)]
     assert events[-1]['object']['metadata']['resourceVersion'] == core.list_namespaced_config_map('ns1').metadata.resource_version
+
+
+def test_a_change_at_the_timeout_is_sent_before_the_closing_bookmark(kube: KubeEmulator, core: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client resumes from the closing BOOKMARK's resourceVersion: a change queued as the
+    # watch times out must be in the stream, or that client never sees it (a lost event).
+    stream_events = kube._stream_events
+
+    async def then_a_late_change(*args: Any) -> None:
+        await stream_events(*args)
+        kube.op_create(kmock.resource('v1/configmaps'), 'ns1', {'metadata': {'name': 'late'}})
+
+    monkeypatch.setattr(kube, '_stream_events', then_a_late_change)
+    _, events = watch_raw(kube, '/api/v1/namespaces/ns1/configmaps?watch=true&resourceVersion=0'
+                                '&timeoutSeconds=1&allowWatchBookmarks=true')
+    assert [(e['type'], e['object']['metadata'].get('name')) for e in events] == [('ADDED', 'late'), ('BOOKMARK', None)]
+    late = core.read_namespaced_config_map('late', 'ns1').metadata.resource_version
+    assert int(events[-1]['object']['metadata']['resourceVersion']) >= int(late)
 
 
 def test_watch_through_a_selector_sees_objects_enter_and_leave(kube: KubeEmulator, core: Any) -> None:

@@ -82,6 +82,8 @@ class WatchMixin:
             if not (backlog and backlog[0]['type'] == 'ERROR'):
                 await self._stream_events(response, watcher, wanted, timeout)
                 if q.get('allowWatchBookmarks') == 'true':
+                    await self._drain(response, watcher, wanted)
+                    # Built with no await since the drain: it covers exactly what was sent.
                     await response.write(json.dumps(self._bookmark(res)).encode() + b'\n')
             await response.write_eof()
             return response
@@ -111,6 +113,17 @@ class WatchMixin:
             except TimeoutError:
                 return
             if change is None:  # the server is stopping
+                return
+            if seen := seen_as(change, wanted):
+                await response.write(json.dumps(seen).encode() + b'\n')
+
+    async def _drain(self: KubeEmulator, response: aiohttp.web.StreamResponse, watcher: Watcher,
+                     wanted: Any) -> None:
+        """Send what was queued after the timeout: the closing BOOKMARK carries the current
+        resourceVersion, so a client resuming from it would never see those changes."""
+        while not watcher.queue.empty():
+            change = watcher.queue.get_nowait()
+            if change is None:
                 return
             if seen := seen_as(change, wanted):
                 await response.write(json.dumps(seen).encode() + b'\n')
