@@ -107,4 +107,5 @@ def install(fastapi_app: Any) -> bool:
         _log.warning("MLflow's FastAPI permission middleware has no route snapshot; left unchanged")
         return False
     entries[found[0]] = Middleware(PermissionFastPath, dispatch=dispatch, native_routes=native_routes)
+    _log.info("MLflow's FastAPI permission middleware is skipped for requests it only passes on")
     return True

@@ -67,6 +67,8 @@ def env(kube_api: KubeEmulator, module_dir: Path) -> Iterator[Env]:
     finally:
         server.stop()
     assert "Traceback" not in server.log()
+    # Every test of this module ran through the permission middleware fast path.
+    assert "permission middleware is skipped for requests it only passes on" in server.log()
 
 
 @pytest.fixture
