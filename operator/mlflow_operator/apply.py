@@ -1,8 +1,9 @@
 """Create-or-patch of rendered manifests, idempotent and quiet in steady state.
 
 One GET per object; a POST when it is missing; a merge-PATCH only when a field the
-operator renders differs from the live object (fields the API server or other controllers
-add are left alone, so a reconcile of an unchanged object writes nothing).
+operator renders differs from the live object, or a map key it rendered last time is no
+longer rendered (`applied_fields`). Fields the API server or other controllers add are
+left alone, so a reconcile of an unchanged object writes nothing.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from mlflow_operator import applied_fields
 from mlflow_operator.api import ApiError, KubeApi, describe, resource_of
 
 APPLY_POLICY = "mlflow-operator.dev/apply-policy"
@@ -122,6 +124,7 @@ def apply_one(api: KubeApi, manifest: Mapping[str, Any], result: ApplyResult,
     """Create, patch or leave one object; `known` holds live objects (or None for absent)
     the caller fetched moments ago, so they are not read twice."""
     manifest = normalize(manifest)
+    manifest = applied_fields.with_record(manifest, _comparable(manifest))
     res, meta, what = resource_of(manifest), manifest["metadata"], describe(manifest)
     if known is not None and what in known:
         live = known[what]
@@ -141,11 +144,14 @@ def apply_one(api: KubeApi, manifest: Mapping[str, Any], result: ApplyResult,
         result.unchanged.append(what)
     elif not is_ours(manifest, live):
         raise ConflictError(what)
-    elif is_subset(_comparable(manifest), live):
-        result.unchanged.append(what)
     else:
-        live = api.patch(res, meta.get("namespace"), meta["name"], _comparable(manifest))
-        result.updated.append(what)
+        want = _comparable(manifest)
+        gone = applied_fields.removed(applied_fields.recorded(live), want, live)
+        if not gone and is_subset(want, live):
+            result.unchanged.append(what)
+        else:
+            live = api.patch(res, meta.get("namespace"), meta["name"], applied_fields.with_removals(want, gone))
+            result.updated.append(what)
     result.live[what] = live
     return live
 

@@ -74,3 +74,37 @@ def test_immutable_fields_are_never_patched():
            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
                     "resources": {"requests": {"storage": "20Gi"}}}}
     assert _comparable(pvc)["spec"] == {"resources": {"requests": {"storage": "20Gi"}}}
+
+
+def test_applied_fields_record_key_names_only():
+    from mlflow_operator import applied_fields as af
+
+    secret = {"kind": "Secret", "metadata": {"name": "s", "labels": {"a": "1"}}, "data": {"password": "c2VjcmV0"}}
+    recorded = af.recorded(af.with_record(secret, secret))
+    assert recorded == {"kind": 0, "metadata": {"name": 0, "labels": {"a": 0}}, "data": {"password": 0}}
+    assert "c2VjcmV0" not in af.with_record(secret, secret)["metadata"]["annotations"][af.ANNOTATION]
+    assert "annotations" not in secret["metadata"]  # the caller's manifest is untouched
+
+
+def test_only_recorded_keys_that_are_still_live_are_removed():
+    from mlflow_operator import applied_fields as af
+
+    old = af.shape({"spec": {"nodeSelector": {"disk": "ssd", "zone": "a"}, "limits": {"cpu": "1"}}, "x": [1]})
+    new = {"spec": {"nodeSelector": {"disk": "ssd"}}, "x": [2]}
+    live = {"spec": {"nodeSelector": {"disk": "ssd", "zone": "a", "theirs": "b"}, "limits": {"cpu": "1"}}, "x": [1]}
+    gone = af.removed(old, new, live)
+    assert gone == [("spec", "limits"), ("spec", "nodeSelector", "zone")]
+    patch = af.with_removals(new, gone)
+    assert patch == {"spec": {"nodeSelector": {"disk": "ssd", "zone": None}, "limits": None}, "x": [2]}
+    assert new == {"spec": {"nodeSelector": {"disk": "ssd"}}, "x": [2]}  # not mutated
+    # Already gone from the live object: nothing to send.
+    assert af.removed(old, new, {"spec": {"nodeSelector": {"disk": "ssd"}}}) == []
+
+
+def test_an_absent_or_hand_edited_record_removes_nothing():
+    from mlflow_operator import applied_fields as af
+
+    for text in (None, "not json", "[1, 2]", '"x"'):
+        annotations = {} if text is None else {af.ANNOTATION: text}
+        assert af.recorded({"metadata": {"annotations": annotations}}) == {}
+    assert af.removed({}, {"a": 1}, {"a": 1, "b": 2}) == []

@@ -142,6 +142,31 @@ def test_update_propagates_and_rolls_the_deployment(opkube, operator):
     wait_for(lambda: "Updated" in _reasons(kube, "alpha"), what="an Updated Event for alpha")
 
 
+def test_keys_dropped_from_the_spec_leave_the_children(opkube, operator):
+    kube = opkube
+
+    def pod(key: str) -> dict[str, Any]:
+        return kube.get("apps/v1/deployments", NS, "alpha")["spec"]["template"].get(key) or {}
+
+    kube.patch(CR, NS, "alpha", {"spec": {"nodeSelector": {"disk": "ssd", "zone": "a"},
+                                          "podAnnotations": {"team": "a", "cost-center": "42"}}})
+    wait_for(lambda: pod("spec").get("nodeSelector") == {"disk": "ssd", "zone": "a"}, what="the node selector")
+    # Another controller annotates the pod template: not ours to remove.
+    kube.patch("apps/v1/deployments", NS, "alpha",
+               {"spec": {"template": {"metadata": {"annotations": {"other.example/injected": "yes"}}}}})
+    kube.patch(CR, NS, "alpha", {"spec": {"nodeSelector": {"zone": None}, "podAnnotations": {"cost-center": None}}})
+    wait_for(lambda: pod("spec").get("nodeSelector") == {"disk": "ssd"}, what="zone gone from the node selector")
+    annotations = wait_for(lambda: "cost-center" not in pod("metadata")["annotations"]
+                           and pod("metadata")["annotations"], what="cost-center gone from the pod annotations")
+    assert annotations["team"] == "a" and annotations["other.example/injected"] == "yes"
+    kube.patch(CR, NS, "alpha", {"spec": {"nodeSelector": None, "podAnnotations": None}})
+    wait_for(lambda: not pod("spec").get("nodeSelector"), what="the node selector gone")
+    # The record of applied keys holds key names only, never a Secret's values.
+    config = kube.get("v1/secrets", NS, "alpha-config")
+    record = config["metadata"]["annotations"]["mlflow-operator.dev/applied-fields"]
+    assert json.loads(record)["data"] == {key: 0 for key in config["data"]}
+
+
 def test_new_image_migrates_before_it_rolls_out(opkube, operator):
     kube = opkube
     old_job = _status(kube, "alpha")["migration"]["job"]
