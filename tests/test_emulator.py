@@ -192,17 +192,15 @@ def test_tokenreview_empty_audiences_mean_the_api_audience(kube: KubeEmulator, a
     assert 'is invalid for the target audiences' in mlflow_only.error
 
 
-@pytest.mark.parametrize('kwargs, error', [
-    ({'expires_in': -600}, 'service account token has expired'),
-    # Relative: parameters are built at collection, maybe minutes before the test runs.
-    ({'not_before_in': 600}, 'service account token is not valid yet'),
-    ({'key': other_private_key()}, 'error in cryptographic primitive'),
+# Built when the test runs: parameters exist from collection on, maybe minutes earlier.
+@pytest.mark.parametrize('minting, error', [
+    (lambda: {'expires_in': -600}, 'service account token has expired'),
+    (lambda: {'not_before': time.time() + 600}, 'service account token is not valid yet'),
+    (lambda: {'key': other_private_key()}, 'error in cryptographic primitive'),
 ])
-def test_tokenreview_rejects_bad_tokens(kube: KubeEmulator, auth: Any, kwargs: dict[str, Any], error: str) -> None:
+def test_tokenreview_rejects_bad_tokens(kube: KubeEmulator, auth: Any, minting: Any, error: str) -> None:
     kube.create_service_account('jobs', 'trainer')
-    if 'not_before_in' in kwargs:
-        kwargs = {'not_before': time.time() + kwargs['not_before_in']}
-    status = review(auth, kube.token_for('jobs', 'trainer', ['mlflow'], **kwargs), ['mlflow'])
+    status = review(auth, kube.token_for('jobs', 'trainer', ['mlflow'], **minting()), ['mlflow'])
     assert not status.authenticated and error in status.error
     assert status.user.username is None
 

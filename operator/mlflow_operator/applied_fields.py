@@ -49,19 +49,17 @@ def with_record(manifest: Mapping[str, Any], applied: Mapping[str, Any]) -> dict
     return body
 
 
-def removed(old: Mapping[str, Any], new: Mapping[str, Any], live: Mapping[str, Any]) -> list[Path]:
+def removed(old: Mapping[str, Any], new: Mapping[str, Any], live: Mapping[str, Any],
+            path: Path = ()) -> list[Path]:
     """Keys recorded in `old` that `new` lacks and the live object still has."""
     found: list[Path] = []
-    pending: list[tuple[Path, Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]]] = [((), old, new, live)]
-    while pending:
-        path, was, want, have = pending.pop()
-        for key, sub in was.items():
-            if key not in have:
-                continue
-            if key not in want:
-                found.append((*path, key))
-            elif isinstance(sub, dict) and isinstance(want[key], Mapping) and isinstance(have[key], Mapping):
-                pending.append(((*path, key), sub, want[key], have[key]))
+    for key, sub in old.items():
+        if key not in live:
+            continue
+        if key not in new:
+            found.append((*path, key))
+        elif isinstance(sub, dict) and isinstance(new[key], Mapping) and isinstance(live[key], Mapping):
+            found += removed(sub, new[key], live[key], (*path, key))
     return sorted(found)
 
 

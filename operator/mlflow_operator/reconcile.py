@@ -70,12 +70,8 @@ def _read_generated(api: KubeApi, ref: ServerRef, name: str, key: str,
     """The stored value, None when the Secret does not exist yet."""
     secret = api.get(SECRET, ref.namespace, name)
     known[f"Secret/{name}"] = secret
-    if secret is None:
-        return None
-    value = secrets.value_of(secret, key)
-    if not value:  # never paper over a damaged Secret with a fresh value
-        raise secrets.MissingSecret(ref.namespace, name, key, empty=value == "")
-    return value
+    # A damaged Secret raises: never paper over it with a fresh value.
+    return None if secret is None else secrets.required_value(secret, ref.namespace, name, key)
 
 
 def load_generated(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec,

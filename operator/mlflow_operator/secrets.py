@@ -101,11 +101,15 @@ def value_of(secret: Mapping[str, Any] | None, key: str) -> str | None:
     return str(plain) if plain is not None else None
 
 
-def read_key(api: KubeApi, namespace: str, name: str, key: str) -> str:
-    secret = api.get(SECRET, namespace, name)
+def required_value(secret: Mapping[str, Any] | None, namespace: str, name: str, key: str) -> str:
+    """The key's value; MissingSecret when the Secret or the key is missing or empty."""
     if secret is None:
         raise MissingSecret(namespace, name)
     value = value_of(secret, key)
     if not value:
         raise MissingSecret(namespace, name, key, empty=value == "")
     return value
+
+
+def read_key(api: KubeApi, namespace: str, name: str, key: str) -> str:
+    return required_value(api.get(SECRET, namespace, name), namespace, name, key)

@@ -96,6 +96,5 @@ def create_app(app: Any = None) -> Any:
     permission_cache.install(mlflow_auth.store, CONFIG.permission_cache_ttl_seconds, CONFIG.cache_max_entries)
     route_memo.install()
     created = mlflow_auth.create_app() if app is None else mlflow_auth.create_app(app)
-    if hasattr(created, "user_middleware"):  # the FastAPI app (uvicorn); Flask has none
-        permission_fast_path.install(created)
+    permission_fast_path.install(created)  # the FastAPI app (uvicorn); a Flask app is left as is
     return created

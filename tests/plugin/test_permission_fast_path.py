@@ -36,6 +36,10 @@ def _dispatch_of(app: Any) -> Any:
                 if getattr(m.kwargs.get("dispatch"), "__name__", "") == "fastapi_permission_middleware")
 
 
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 def _calls_next(dispatch: Any, request_scope: dict[str, Any]) -> bool:
     called: list[bool] = []
 
@@ -43,10 +47,7 @@ def _calls_next(dispatch: Any, request_scope: dict[str, Any]) -> bool:
         called.append(True)
         return Response("inner")
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    asyncio.run(dispatch(Request(dict(request_scope), receive), call_next))
+    asyncio.run(dispatch(Request(dict(request_scope), _receive), call_next))
     return bool(called)
 
 
@@ -105,13 +106,10 @@ def test_a_raising_question_means_mlflow_decides(monkeypatch: pytest.MonkeyPatch
     middleware = PermissionFastPath(inner, dispatch=dispatch, native_routes=[])
     sent: list[dict[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(middleware(scope("/api/2.0/mlflow/experiments/get"), receive, send))
+    asyncio.run(middleware(scope("/api/2.0/mlflow/experiments/get"), _receive, send))
     assert seen == ["mlflow", "app"]
     assert sent[0]["status"] == 200
 

@@ -112,21 +112,16 @@ class WatchMixin:
                 change = await asyncio.wait_for(watcher.queue.get(), remaining)
             except TimeoutError:
                 return
-            if change is None:  # the server is stopping
+            if not await _send(response, change, wanted):
                 return
-            if seen := seen_as(change, wanted):
-                await response.write(json.dumps(seen).encode() + b'\n')
 
     async def _drain(self: KubeEmulator, response: aiohttp.web.StreamResponse, watcher: Watcher,
                      wanted: Any) -> None:
         """Send what was queued after the timeout: the closing BOOKMARK carries the current
         resourceVersion, so a client resuming from it would never see those changes."""
         while not watcher.queue.empty():
-            change = watcher.queue.get_nowait()
-            if change is None:
+            if not await _send(response, watcher.queue.get_nowait(), wanted):
                 return
-            if seen := seen_as(change, wanted):
-                await response.write(json.dumps(seen).encode() + b'\n')
 
     def _bookmark(self: KubeEmulator, res: kmock.resource, initial_end: bool = False) -> dict[str, Any]:
         meta: dict[str, Any] = {'resourceVersion': str(self._rv)}
@@ -134,6 +129,15 @@ class WatchMixin:
             meta['annotations'] = {'k8s.io/initial-events-end': 'true'}
         return {'type': 'BOOKMARK', 'object': {
             'kind': self._info(res).kind, 'apiVersion': kp.api_version(res.group, res.version), 'metadata': meta}}
+
+
+async def _send(response: aiohttp.web.StreamResponse, change: Change | None, wanted: Any) -> bool:
+    """Write one change if this watch selects it; False when the server is stopping."""
+    if change is None:
+        return False
+    if seen := seen_as(change, wanted):
+        await response.write(json.dumps(seen).encode() + b'\n')
+    return True
 
 
 def seen_as(change: Change, wanted: Any) -> dict[str, Any] | None:
