@@ -61,6 +61,28 @@ class RecordingKube(KubeEmulator):
         return request
 
 
+def fail_next(kube: KubeEmulator, method: str, path: str, status: int) -> None:
+    """Answer the next `method path` request with `status`, once.
+
+    kmock's `[:1]` slices count the emulator's request log, which is trimmed (by tests and
+    when it grows): a consumed slice then fires again, in a later test too. kmock also
+    evaluates a reaction's filter over past requests: this one picks the first matching
+    request newer than itself, by id, and keeps answering for that request alone.
+    """
+    newest = max((request.id for request in kube._requests), default=-1)
+    chosen: list[int] = []
+
+    def next_one(request: kmock.Request) -> bool:
+        if request.id <= newest or getattr(request.method, "value", request.method) != method \
+                or request.url.path != path:
+            return False
+        if not chosen:
+            chosen.append(request.id)
+        return request.id == chosen[0]
+
+    kube[next_one] << status
+
+
 def wait_for(check: Callable[[], T], timeout: float = 20, what: str = "condition",
              interval: float = 0.1) -> T:
     deadline = time.monotonic() + timeout

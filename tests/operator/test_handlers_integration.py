@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.operator import rbac_record
-from tests.operator.harness import CR, OperatorProcess, server_manifest, wait_for
+from tests.operator.harness import CR, OperatorProcess, fail_next, server_manifest, wait_for
 
 NS = "team-a"
 # The operator runs with a mirrored default image, as in an air-gapped cluster.
@@ -351,8 +351,7 @@ def test_optional_objects_follow_the_spec(opkube, operator):
 
 def test_api_failure_is_retried_and_reported(opkube, operator):
     kube = opkube
-    kube.trim_requests()  # kmock's slices count the request log: start it afresh
-    kube[f"post /api/v1/namespaces/{NS}/services"][:1] << 500  # the next Service create fails once
+    fail_next(kube, "POST", f"/api/v1/namespaces/{NS}/services", 500)  # the next Service create fails once
     kube.create(CR, server_manifest("epsilon", NS))
     # Kopf posts its handler failures with its own type "Error" (core/v1 accepts it).
     warning = wait_for(lambda: [e for e in _events(kube, "epsilon") if e["type"] in ("Warning", "Error")],
@@ -364,9 +363,7 @@ def test_api_failure_is_retried_and_reported(opkube, operator):
 
 def test_an_object_the_api_rejects_degrades_instead_of_retrying(opkube, operator):
     kube = opkube
-    kube.trim_requests()
-    # (Another path than the 500 above: kmock's earlier reaction would answer first.)
-    kube[f"post /api/v1/namespaces/{NS}/serviceaccounts"][:1] << 422
+    fail_next(kube, "POST", f"/api/v1/namespaces/{NS}/serviceaccounts", 422)
     kube.create(CR, server_manifest("theta", NS))
     status = wait_for(lambda: _status(kube, "theta").get("phase") == "Degraded" and _status(kube, "theta"),
                       what="theta Degraded: Rejected")
