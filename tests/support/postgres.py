@@ -1,5 +1,5 @@
 """Fresh PostgreSQL databases for tests: the server on 127.0.0.1:5432 (user `postgres`,
-trust auth, maintenance database `test`), as on developer machines and in CI.
+trust auth; `scripts/postgres` starts one), as on developer machines and in CI.
 
     db = create_database("plugin")      # a new, empty database with a unique name
     db.uri                              # postgresql://postgres@127.0.0.1:5432/<name>
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import psycopg2
 
 HOST, PORT, USER = "127.0.0.1", 5432, "postgres"
-ADMIN_DSN = f"host={HOST} port={PORT} user={USER} dbname=test"
+ADMIN_DSN = f"host={HOST} port={PORT} user={USER} dbname=postgres"  # always exists
 
 
 def admin_sql(sql: str) -> None:
