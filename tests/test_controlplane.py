@@ -120,3 +120,18 @@ def test_cluster_script_up_env_down(tmp_path) -> None:
         down = subprocess.run([script, "down"], env=env, capture_output=True, text=True, timeout=120)
     assert "stopped" in down.stdout
     assert subprocess.run([script, "env"], env=env, capture_output=True, text=True).returncode == 1
+
+
+def test_build_control_plane_warm_run_builds_nothing() -> None:
+    script = controlplane.ROOT / "scripts" / "build-control-plane"
+    targets = {name: (controlplane.BIN / name).resolve() for name in ("etcd", "kube-apiserver", "kube-controller-manager")}
+    before = {name: path.stat().st_mtime_ns for name, path in targets.items()}
+    started = time.monotonic()
+    out = subprocess.run([str(script)], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert time.monotonic() - started < 5
+    assert "building" not in out and "kubernetes v1.35." in out
+    assert {name: path.stat().st_mtime_ns for name, path in targets.items()} == before
+    versions = {name: subprocess.run([str(controlplane.BIN / name), "--version"], capture_output=True, text=True,
+                                     check=True).stdout for name in targets}
+    assert "Kubernetes v1.35." in versions["kube-apiserver"] and "Kubernetes v1.35." in versions["kube-controller-manager"]
+    assert "etcd Version: 3.6." in versions["etcd"]
