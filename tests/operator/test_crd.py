@@ -1,10 +1,13 @@
-"""The CRD file: structural, documented, and in agreement with the typed model."""
+"""The CRD file: structural, documented, in agreement with the typed model, and judged by
+the real kube-apiserver v1.35 (tests.support.controlplane): it accepts the CRD, applies
+its defaults and enforces its schema and CEL rules on MLflowServers created with
+server-side dry-run (nothing is stored)."""
 
 from __future__ import annotations
 
-import copy
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,9 @@ import yaml
 from pydantic import BaseModel
 
 from mlflow_operator import model, names
+from tests.conftest import unique_namespace
+from tests.support.crd import CR, install_crd
+from tests.support.kubeapi import Kube, resource_path
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "mlflowservers.yaml"
 
@@ -25,6 +31,37 @@ def crd() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def spec_schema(crd: dict[str, Any]) -> dict[str, Any]:
     return _version(crd)["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+@pytest.fixture(scope="module")
+def server(admin: Kube) -> Iterator[ServerCheck]:
+    """The CRD installed on the real API server, and a namespace to dry-run objects in."""
+    install_crd(admin)
+    namespace = unique_namespace("crd")
+    admin.create_namespace(namespace)
+    yield ServerCheck(admin, namespace)
+    admin.delete("v1/namespaces", None, namespace)
+
+
+class ServerCheck:
+    """Create MLflowServers on the API server and report what it answered."""
+
+    def __init__(self, admin: Kube, namespace: str):
+        self.admin, self.namespace = admin, namespace
+
+    def create(self, spec: dict[str, Any] | None, name: str = "demo", *, dry_run: bool = True,
+               body: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+        """(the object as the API server would store it, []) or (None, [field: message...])."""
+        body = body or {"apiVersion": names.API_VERSION, "kind": names.KIND,
+                        "metadata": {"name": name}, "spec": spec}
+        response = self.admin.session.post(
+            self.admin.server + resource_path(CR, self.namespace), json=body,
+            params={"dryRun": "All"} if dry_run else None, timeout=30)
+        if response.status_code == 201:
+            return response.json(), []
+        status = response.json()
+        assert response.status_code == 422 and status["reason"] == "Invalid", status
+        return None, [f"{c['field']}: {c['message']}" for c in status["details"]["causes"]]
 
 
 def _version(crd: dict[str, Any]) -> dict[str, Any]:
@@ -132,17 +169,19 @@ def test_schema_and_model_have_the_same_fields(spec_schema: dict[str, Any]) -> N
     assert _schema_paths(spec_schema) == _model_paths(model.MLflowServerSpec)
 
 
-def _apply_schema_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """What the API server does: fill absent fields with `default`, recursively."""
-    if isinstance(value, dict) and "properties" in schema:
-        for prop, sub in schema["properties"].items():
-            if prop not in value and "default" in sub:
-                value[prop] = copy.deepcopy(sub["default"])
-            if prop in value:
-                value[prop] = _apply_schema_defaults(sub, value[prop])
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [_apply_schema_defaults(schema["items"], v) for v in value]
-    return value
+def test_the_api_server_accepts_the_crd(server: ServerCheck) -> None:
+    crd = server.admin.get("apiextensions.k8s.io/v1/customresourcedefinitions", None,
+                           f"{names.PLURAL}.{names.GROUP}")
+    assert crd is not None
+    conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert conditions["Established"] == "True"
+    assert conditions.get("NonStructuralSchema", "False") == "False"
+
+
+def test_crd_validates_against_the_kubernetes_schema(crd: dict[str, Any]) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(crd, "1.35.0", strict=True)
 
 
 def _prune_empty(value: Any) -> Any:
@@ -168,10 +207,18 @@ def _prune_empty(value: Any) -> Any:
         {"server": {"extraEnv": [{"name": "A", "value": "b"}]}, "tolerations": [{"key": "k"}]},
     ],
 )
-def test_schema_defaults_equal_model_defaults(spec_schema: dict[str, Any], spec: dict) -> None:
-    by_api_server = _apply_schema_defaults(spec_schema, copy.deepcopy(spec))
+def test_api_server_defaults_equal_model_defaults(server: ServerCheck, spec: dict) -> None:
+    stored, errors = server.create(spec)
+    assert errors == [] and stored is not None
     by_model = model.parse_spec(spec).model_dump(by_alias=True, exclude_none=True)
-    assert _prune_empty(by_api_server) == _prune_empty(by_model)
+    assert _prune_empty(stored["spec"]) == _prune_empty(by_model)
+
+
+def test_an_absent_spec_is_defaulted_too(server: ServerCheck) -> None:
+    stored, errors = server.create(None, body={"apiVersion": names.API_VERSION, "kind": names.KIND,
+                                               "metadata": {"name": "demo"}})
+    assert errors == [] and stored is not None
+    assert stored["spec"]["replicas"] == 1 and stored["spec"]["auth"]["tokenCacheTTLSeconds"] == 120
 
 
 def _enum_paths(schema: dict[str, Any]) -> dict[str, list[Any]]:
@@ -208,97 +255,85 @@ def test_default_permission_enum_is_the_plugins_permission_list(
     assert tuple(enum) == model.PERMISSIONS
 
 
-# --- CEL rules (x-kubernetes-validations) ----------------------------------------------
-
-
-def _rules(schema: dict[str, Any], path: tuple[str, ...] = ()):
-    for rule in schema.get("x-kubernetes-validations", []):
-        yield path, rule
-    for prop, sub in schema.get("properties", {}).items():
-        yield from _rules(sub, (*path, prop))
-
-
-def _cel_failures(root_schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
-    """Evaluate every rule on its node, as the API server does after defaulting."""
-    import celpy
-
-    env = celpy.Environment()
-    failures = []
-    for path, rule in _rules(root_schema):
-        node: Any = obj
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            continue  # rules of absent objects do not run
-        program = env.program(env.compile(rule["rule"]))
-        if not program.evaluate({"self": celpy.json_to_cel(node)}):
-            failures.append(rule["message"])
-    return failures
-
+# --- CEL rules (x-kubernetes-validations), enforced by the API server -------------------
 
 EXTERNAL_DBS = {
     "backendStore": {"uriSecretRef": {"name": "db"}},
     "auth": {"authDatabase": {"uriSecretRef": {"name": "db"}}},
 }
+NEEDS_BACKEND = ("spec.backendStore: Invalid value: replicas > 1 requires backendStore.uriSecretRef "
+                 "(an external database); sqlite on a volume cannot be shared by several pods")
+NEEDS_AUTH_DB = ("spec.auth: Invalid value: replicas > 1 requires auth.authDatabase (an external "
+                 "database for users and permissions)")
+NEEDS_SHARED = ("spec.storage.accessMode: Invalid value: replicas > 1 with artifacts on the volume "
+                "requires storage.accessMode ReadWriteMany, or set artifacts.destination")
+NEEDS_DEST = "spec.artifacts: Invalid value: artifacts.proxied=false requires artifacts.destination"
+TLS_HOST = "spec.ingress: Invalid value: ingress.tls requires ingress.host"
+ENABLED_HOST = "spec.ingress: Invalid value: ingress.enabled requires ingress.host"
+CACHE_TTL = ("spec.auth.permissionCacheTTLSeconds: Invalid value: auth.permissionCacheTTLSeconds must "
+             "not exceed auth.tokenCacheTTLSeconds; lower it too")
+
+CEL_CASES = [
+    ({}, []),
+    ({"replicas": 0}, []),
+    ({"replicas": 2}, [NEEDS_BACKEND, NEEDS_AUTH_DB, NEEDS_SHARED]),
+    ({"replicas": 2, "backendStore": EXTERNAL_DBS["backendStore"]}, [NEEDS_AUTH_DB, NEEDS_SHARED]),
+    ({"replicas": 2, **EXTERNAL_DBS}, [NEEDS_SHARED]),
+    ({"replicas": 2, **EXTERNAL_DBS, "artifacts": {"destination": "s3://b"}}, []),
+    ({"replicas": 2, **EXTERNAL_DBS, "storage": {"accessMode": "ReadWriteMany"}}, []),
+    ({"artifacts": {"proxied": False}}, [NEEDS_DEST]),
+    ({"artifacts": {"proxied": False, "destination": "gs://b/p"}}, []),
+    ({"ingress": {"tls": {"secretName": "t"}}}, [TLS_HOST]),
+    ({"ingress": {"enabled": True}}, [ENABLED_HOST]),
+    ({"ingress": {"enabled": True, "tls": {"secretName": "t"}}}, [TLS_HOST, ENABLED_HOST]),
+    ({"ingress": {"enabled": True, "host": "a.example.com", "tls": {"secretName": "t"}}}, []),
+    ({"ingress": {"enabled": False, "host": "a.example.com"}}, []),
+    ({"auth": {"tokenCacheTTLSeconds": 10}}, []),  # the unset permission cache follows it down
+    ({"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 30}}, [CACHE_TTL]),
+    ({"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 10}}, []),
+    ({"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 0}}, []),
+    ({"auth": {"permissionCacheTTLSeconds": 121}}, [CACHE_TTL]),  # against the default 120
+    ({"auth": {"permissionCacheTTLSeconds": 120}}, []),
+]
 
 
-@pytest.mark.parametrize(
-    ("name", "spec"),
-    [
-        ("demo", {}),
-        ("demo", {"replicas": 2}),
-        ("demo", {"replicas": 2, "backendStore": EXTERNAL_DBS["backendStore"]}),
-        ("demo", {"replicas": 2, **EXTERNAL_DBS}),
-        ("demo", {"replicas": 2, **EXTERNAL_DBS, "artifacts": {"destination": "s3://b"}}),
-        ("demo", {"replicas": 2, **EXTERNAL_DBS, "storage": {"accessMode": "ReadWriteMany"}}),
-        ("demo", {"artifacts": {"proxied": False}}),
-        ("demo", {"artifacts": {"proxied": False, "destination": "gs://b/p"}}),
-        ("demo", {"ingress": {"tls": {"secretName": "t"}}}),
-        ("demo", {"ingress": {"enabled": True}}),
-        ("demo", {"ingress": {"enabled": True, "host": "a.example.com", "tls": {"secretName": "t"}}}),
-        ("demo", {"auth": {"tokenCacheTTLSeconds": 10}}),  # the unset permission cache follows it down
-        ("demo", {"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 30}}),
-        ("demo", {"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 10}}),
-        ("demo", {"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 0}}),
-        ("demo", {"auth": {"permissionCacheTTLSeconds": 121}}),
-    ],
-)
-def test_cel_rules_accept_exactly_what_the_model_accepts(
-    crd: dict[str, Any], name: str, spec: dict[str, Any]
-) -> None:
-    root = _version(crd)["schema"]["openAPIV3Schema"]
-    obj = _apply_schema_defaults(
-        root, {"metadata": {"name": name, "namespace": "ns"}, "spec": copy.deepcopy(spec)}
-    )
-    api_server_rejects = _cel_failures(root, obj)
+@pytest.mark.parametrize(("spec", "expected"), CEL_CASES)
+def test_cel_rules_are_enforced_and_agree_with_the_model(
+        server: ServerCheck, spec: dict[str, Any], expected: list[str]) -> None:
+    _, errors = server.create(spec)
+    assert sorted(errors) == sorted(expected)
     try:
-        names.validate_ref(model.ServerRef(name, "ns", "uid"))
         model.parse_spec(spec)
         model_rejects = None
     except model.SpecError as error:
         model_rejects = error.message
-    assert bool(api_server_rejects) == bool(model_rejects), (api_server_rejects, model_rejects)
+    assert bool(errors) == bool(model_rejects), (errors, model_rejects)
 
 
-def test_crd_validates_against_the_kubernetes_schema(crd: dict[str, Any]) -> None:
-    import kubernetes_validate
+def _rules(schema: dict[str, Any]):
+    yield from schema.get("x-kubernetes-validations", [])
+    for sub in schema.get("properties", {}).values():
+        yield from _rules(sub)
 
-    kubernetes_validate.validate(crd, "1.35.0", strict=True)
+
+def test_every_cel_rule_has_a_rejected_case(crd: dict[str, Any]) -> None:
+    messages = {r["message"] for r in _rules(_version(crd)["schema"]["openAPIV3Schema"])}
+    rejected = " ".join(e for _, expected in CEL_CASES for e in expected)
+    assert [m for m in messages if m not in rejected] == []
 
 
 @pytest.mark.parametrize("example", ["minimal.yaml", "production.yaml"])
-def test_examples_pass_the_crd_rules_and_the_model(crd: dict[str, Any], example: str) -> None:
+def test_examples_pass_the_api_server_and_the_model(server: ServerCheck, example: str) -> None:
     body = yaml.safe_load((CRD_PATH.parents[1] / "examples" / example).read_text())
-    root = _version(crd)["schema"]["openAPIV3Schema"]
     assert body["apiVersion"] == names.API_VERSION and body["kind"] == names.KIND
-    assert _cel_failures(root, _apply_schema_defaults(root, copy.deepcopy(body))) == []
+    del body["metadata"]["namespace"]  # dry-run in the test's namespace
+    assert server.create(None, body=body)[1] == []
     model.parse_spec(body["spec"])
 
 
-# --- field validation: the schema and the model reject the same values ---------------
-# The API server validates a CR against the openAPIV3Schema (patterns, enums, bounds);
-# jsonschema applies the same keywords here. One difference is intended: the API server
-# prunes unknown fields silently, the model rejects them (typos in `render -f` files).
+# --- field validation: the API server and the model reject the same values -----------
+# One difference is intended: the API server prunes unknown fields silently, the model
+# rejects them (typos in `render -f` files).
 
 SINGLE_FIELD_CASES = [
     ({"replicas": 101}, False),
@@ -365,14 +400,10 @@ SINGLE_FIELD_CASES = [
 
 
 @pytest.mark.parametrize(("spec", "valid"), SINGLE_FIELD_CASES)
-def test_schema_and_model_reject_the_same_field_values(
-    crd: dict[str, Any], spec: dict[str, Any], valid: bool
-) -> None:
-    import jsonschema
-
-    root = _version(crd)["schema"]["openAPIV3Schema"]
-    schema_errors = list(jsonschema.Draft7Validator(root).iter_errors({"spec": spec}))
-    assert (not schema_errors) == valid, [e.message for e in schema_errors]
+def test_api_server_and_model_reject_the_same_field_values(
+        server: ServerCheck, spec: dict[str, Any], valid: bool) -> None:
+    _, errors = server.create(spec)
+    assert (not errors) == valid, errors
     if valid:
         model.parse_spec(spec)
     else:
@@ -380,26 +411,7 @@ def test_schema_and_model_reject_the_same_field_values(
             model.parse_spec(spec)
 
 
-def _unknown_keys(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
-    """Keys the API server would prune (not in the structural schema)."""
-    if schema.get("x-kubernetes-preserve-unknown-fields"):
-        return []
-    found: list[str] = []
-    if isinstance(value, dict) and "properties" in schema:
-        for key, sub in value.items():
-            if key not in schema["properties"]:
-                found.append(f"{path}.{key}")
-            else:
-                found += _unknown_keys(schema["properties"][key], sub, f"{path}.{key}")
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for item in value:
-            found += _unknown_keys(schema["items"], item, f"{path}[]")
-    return found
-
-
-def test_the_status_the_operator_writes_fits_the_schema(crd: dict[str, Any]) -> None:
-    import jsonschema
-
+def test_the_status_the_operator_writes_is_stored_unchanged(server: ServerCheck) -> None:
     from mlflow_operator import status
 
     observation = status.Observation(
@@ -412,9 +424,10 @@ def test_the_status_the_operator_writes_fits_the_schema(crd: dict[str, Any]) -> 
         admin_secret="demo-admin",
     )
     written = status.compute(observation)
-    schema = _version(crd)["schema"]["openAPIV3Schema"]["properties"]["status"]
-    assert _unknown_keys(schema, written) == []
-    jsonschema.Draft7Validator(schema).validate(written)
+    server.create({}, name="with-status", dry_run=False)
+    stored = server.admin.patch(CR, server.namespace, "with-status", {"status": written},
+                                subresource="status")
+    assert stored["status"] == written  # nothing pruned, nothing rejected
 
 
 @pytest.mark.parametrize(
@@ -422,14 +435,10 @@ def test_the_status_the_operator_writes_fits_the_schema(crd: dict[str, Any]) -> 
     [("demo", True), ("a" * 40, True), ("a-1", True), ("Demo", False), ("a" * 41, False),
      ("1abc", False), ("a.b", False), ("abc-", False)],
 )
-def test_schema_and_names_reject_the_same_object_names(
-    crd: dict[str, Any], name: str, valid: bool
-) -> None:
-    import jsonschema
-
-    root = _version(crd)["schema"]["openAPIV3Schema"]
-    errors = list(jsonschema.Draft7Validator(root).iter_errors({"metadata": {"name": name}}))
-    assert (not errors) == valid
+def test_api_server_and_names_reject_the_same_object_names(
+        server: ServerCheck, name: str, valid: bool) -> None:
+    _, errors = server.create({}, name=name)
+    assert (not errors) == valid, errors
     if valid:
         names.validate_ref(model.ServerRef(name, "ns", "uid"))
     else:
