@@ -1,137 +1,169 @@
-"""Real kubectl v1.35 against the emulated API server: the chart's objects and
-examples/minimal.yaml apply, `kubectl get mlflow` lists the server, and the operator
-started with the chart Deployment's own args brings it to Ready for `kubectl wait`.
+"""The README's kubectl commands, with the real kubectl v1.35 against the real
+kube-apiserver (tests.support.controlplane), as a user types them.
 
-Flags the emulator forces (a real cluster needs none of them):
-- `--validate=false` on apply: the emulator serves no OpenAPI document;
-- namespaces are created with `kubectl apply -f` instead of `kubectl create namespace`:
-  `kubectl create` sends protobuf, which the emulator cannot decode;
-- the objects are rendered by `helm template` and applied by kubectl rather than
-  `helm install`: helm stores its release record as a protobuf-encoded Secret.
+No operator runs here (tests/chart/test_helm_release.py runs one): where a command needs
+what the operator writes (`kubectl wait --for=condition=Ready`, the READY/URL columns),
+the test writes that status through the status subresource first, as the operator would.
+Commands that need a container runtime (`logs`, `port-forward`) are not run.
+
+The examples name their namespace (ml-team, ml-platform); each test renames it to a
+fresh namespace so tests never share one. Nothing else in the files is changed.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import urllib.request
+import base64
+import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+import yaml
 
-from tests.chart import helm as h
-from tests.operator.harness import CR, OPERATOR, free_port, wait_for
-from tests.support.kube import KubeEmulator
+from tests.conftest import unique_namespace
+from tests.support.controlplane import ControlPlane
+from tests.support.crd import CR, install_crd
+from tests.support.kubeapi import Kube
+from tests.support.kubectl import Kubectl
 
-MINIMAL = h.ROOT / "examples" / "minimal.yaml"
-NAMESPACE_YAML = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
-
-
-class Kubectl:
-    def __init__(self, kubeconfig: Path, home: Path):
-        self.binary = h.require(h.KUBECTL)
-        self.home = home
-        self.env = {**os.environ, "HOME": str(home), "KUBECONFIG": str(kubeconfig)}
-
-    def __call__(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(self.binary), "--cache-dir", str(self.home / "cache"), *args],
-                                input=stdin, capture_output=True, text=True, env=self.env, timeout=60)
-        if check and result.returncode:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
-        return result
-
-    def apply(self, *args: str, stdin: str | None = None) -> str:
-        return self("apply", "--validate=false", *args, stdin=stdin).stdout
-
-    def namespace(self, name: str) -> None:
-        self.apply("-f", "-", stdin=NAMESPACE_YAML.format(name=name))
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+MLFLOW = "mlflowserver.mlflow-operator.dev/mlflow"
 
 
 @pytest.fixture
-def kubectl(kubeconfig: Path, tmp_path: Path) -> Kubectl:
-    return Kubectl(kubeconfig, tmp_path)
+def kubectl(control_plane: ControlPlane, tmp_path: Path) -> Kubectl:
+    return Kubectl(control_plane.kubeconfig, tmp_path)
 
 
-def _operator_argv(objects: list[dict[str, Any]]) -> tuple[list[str], str]:
-    """The chart Deployment's args, with the liveness endpoint on a free local port
-    (the pod's 0.0.0.0:8080 may be taken on a shared test machine)."""
-    (container,) = h.one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
-    liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    args = [f"--liveness={liveness}" if a.startswith("--liveness=") else a for a in container["args"]]
-    assert args != container["args"], "the chart passes --liveness=URL"
-    return [str(OPERATOR), *args], liveness
+@pytest.fixture
+def crd(admin: Kube) -> None:
+    install_crd(admin)
 
 
-def _alive(proc: subprocess.Popen[bytes], liveness: str, log: Path) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(f"operator exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-    try:
-        with urllib.request.urlopen(liveness, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
+@pytest.fixture
+def team(admin: Kube) -> Iterator[str]:
+    """A fresh namespace name; the test creates it with kubectl, as the README does."""
+    name = unique_namespace("ml-team")
+    yield name
+    admin.delete("v1/namespaces", None, name)
 
 
-def test_chart_objects_and_minimal_example_apply_and_show_in_kubectl_get(
-        kube: KubeEmulator, kubectl: Kubectl, tmp_path: Path) -> None:
-    objects = h.template(tmp_path)
-    manifest = tmp_path / "chart.yaml"
-    manifest.write_text(h.helm("template", h.RELEASE, str(h.CHART), "-n", h.NAMESPACE,
-                               "--include-crds").stdout)
-    kubectl.namespace(h.NAMESPACE)
-    out = kubectl.apply("-f", str(manifest))
-    for obj in objects:
-        group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
-        kind = obj["kind"].lower() + (f".{group}" if group else "")
-        assert f"{kind}/{obj['metadata']['name']} created" in out, out
-    assert kube.get("apps/v1/deployments", h.NAMESPACE, h.RELEASE) is not None
-
-    kubectl.namespace("ml-team")  # as the example's comment says (kubectl create namespace)
-    out = kubectl.apply("-f", str(MINIMAL))
-    assert out.strip() == "mlflowserver.mlflow-operator.dev/mlflow created"
-    assert kubectl.apply("-f", str(MINIMAL)).strip() == "mlflowserver.mlflow-operator.dev/mlflow unchanged"
-
-    listing = kubectl("get", "mlflow", "-n", "ml-team").stdout.splitlines()
-    assert listing[0].split()[0] == "NAME" and listing[1].split()[0] == "mlflow"
-    everywhere = kubectl("get", "mlflow", "-A", "-o", "name").stdout.split()
-    assert everywhere == ["mlflowserver.mlflow-operator.dev/mlflow"]
+def example(name: str, namespace: str) -> str:
+    text = (EXAMPLES / name).read_text()
+    original = {d["metadata"]["namespace"] for d in yaml.safe_load_all(text) if d}
+    assert len(original) == 1
+    return text.replace(f"namespace: {original.pop()}", f"namespace: {namespace}")
 
 
-@pytest.mark.slow
-def test_operator_with_the_charts_args_makes_the_example_ready(
-        kube: KubeEmulator, kubectl: Kubectl, kubeconfig: Path, tmp_path: Path) -> None:
-    objects = h.template(tmp_path)
-    argv, liveness = _operator_argv(objects)
-    kubectl.namespace("ml-team")
-    kubectl.apply("-f", str(MINIMAL))
-    log = tmp_path / "operator.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _alive(proc, liveness, log), 30, "the operator's liveness endpoint")
+def ready_status(namespace: str) -> dict:
+    """What the operator writes once the server answers (status.compute's shape)."""
+    now = "2026-01-01T00:00:00Z"
+    return {"status": {
+        "observedGeneration": 1, "phase": "Ready", "readyReplicas": 1,
+        "url": f"http://mlflow.{namespace}.svc:5000", "audience": f"https://mlflow.{namespace}.svc",
+        "adminSecret": "mlflow-admin",
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Available", "message": "1/1 ready",
+             "lastTransitionTime": now, "observedGeneration": 1},
+            {"type": "Progressing", "status": "False", "reason": "Complete", "message": "",
+             "lastTransitionTime": now, "observedGeneration": 1},
+            {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": "",
+             "lastTransitionTime": now, "observedGeneration": 1}]}}
 
-        def phase() -> str:
-            return kubectl("get", "mlflow", "mlflow", "-n", "ml-team", "-o", "jsonpath={.status.phase}").stdout
 
-        wait_for(lambda: phase() == "Progressing", what="status.phase Progressing")
-        # No controllers in the emulator: play the Job and Deployment controllers.
-        job = kube.get(CR, "ml-team", "mlflow")["status"]["migration"]["job"]
-        wait_for(lambda: kube.get("batch/v1/jobs", "ml-team", job), what=f"Job {job}")
-        kube.mark_job_finished("ml-team", job)
-        wait_for(lambda: kube.get("apps/v1/deployments", "ml-team", "mlflow"), what="the server Deployment")
-        kube.mark_deployment_available("ml-team", "mlflow")
-        # The command NOTES.txt gives users.
-        kubectl("-n", "ml-team", "wait", "mlflow/mlflow", "--for=condition=Ready", "--timeout=30s")
-        url = kubectl("get", "mlflow", "mlflow", "-n", "ml-team", "-o", "jsonpath={.status.url}").stdout
-        assert url == "http://mlflow.ml-team.svc:5000"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    text = log.read_text()
-    assert "Traceback" not in text
-    assert text.lstrip().startswith("{"), "logFormat json: one JSON object per line"
+def test_create_an_mlflow_server_as_the_readme_says(crd: None, kubectl: Kubectl, team: str) -> None:
+    assert kubectl("create", "namespace", team).stdout.strip() == f"namespace/{team} created"
+    minimal = example("minimal.yaml", team)
+    assert kubectl("apply", "-f", "-", stdin=minimal).stdout.strip() == f"{MLFLOW} created"
+    assert kubectl("apply", "-f", "-", stdin=minimal).stdout.strip() == f"{MLFLOW} unchanged"
+
+    (row,) = kubectl.table("-n", team, "mlflow")
+    assert list(row) == ["NAME", "READY", "REPLICAS", "AVAILABLE", "URL", "AGE"]
+    assert (row["NAME"], row["READY"], row["REPLICAS"], row["URL"]) == ("mlflow", "", "1", "")
+
+    # The operator's part: the status it writes once the server answers.
+    kubectl("-n", team, "patch", "mlflow", "mlflow", "--subresource=status", "--type=merge",
+            "-p", json.dumps(ready_status(team)))
+    out = kubectl("-n", team, "wait", "mlflow/mlflow", "--for=condition=Ready", "--timeout=30s").stdout
+    assert out.strip() == f"{MLFLOW} condition met"
+    (row,) = kubectl.table("-n", team, "mlflow")
+    assert row | {"AGE": ""} == {"NAME": "mlflow", "READY": "True", "REPLICAS": "1", "AVAILABLE": "1",
+                                 "URL": f"http://mlflow.{team}.svc:5000", "AGE": ""}
+    (wide,) = kubectl.table("-n", team, "mlflow", "mlflow", "-o", "wide")
+    assert list(wide) == ["NAME", "READY", "REPLICAS", "AVAILABLE", "URL", "PHASE", "AUDIENCE", "AGE"]
+    assert (wide["PHASE"], wide["AUDIENCE"]) == ("Ready", f"https://mlflow.{team}.svc")
+    audience = kubectl("-n", team, "get", "mlflow", "mlflow", "-o", "jsonpath={.status.audience}").stdout
+    assert audience == f"https://mlflow.{team}.svc"
+    assert kubectl("get", "mlflow", "-A", "-o", "name").stdout.split().count(MLFLOW) >= 1
+
+    described = " ".join(kubectl("-n", team, "describe", "mlflow", "mlflow").stdout.split())
+    for line in ("Name: mlflow", f"Namespace: {team}", "Kind: MLflowServer", "Replicas: 1",
+                 "Phase: Ready", f"URL: http://mlflow.{team}.svc:5000", "Events: <none>"):
+        assert line in described, described
+
+
+def test_explain_documents_the_spec(crd: None, kubectl: Kubectl) -> None:
+    spec = kubectl("explain", "mlflowserver.spec").stdout
+    assert "KIND:       MLflowServer" in spec and "VERSION:    v1alpha1" in spec
+    assert "Desired state of the MLflow server." in spec
+    for field in ("replicas\t<integer>", "auth\t<Object>", "backendStore\t<Object>",
+                  "ingress\t<Object>", "storage\t<Object>", "server\t<Object>"):
+        assert field in spec, field
+    nested = kubectl("explain", "mlflowserver.spec.auth.permissionCacheTTLSeconds").stdout
+    assert "FIELD: permissionCacheTTLSeconds <integer>" in nested
+    assert "At most tokenCacheTTLSeconds." in " ".join(nested.split())
+    short = kubectl("explain", "mlflow.status.url").stdout  # the short name works too
+    assert "Tracking URI of the server" in short
+
+
+def test_patch_is_judged_by_the_crd_rules(crd: None, kubectl: Kubectl, admin: Kube, team: str) -> None:
+    kubectl("create", "namespace", team)
+    kubectl("apply", "-f", "-", stdin=example("minimal.yaml", team))
+    patch = {"spec": {"auth": {"allowedNamespaces": [team, "team-b"]}}}
+    out = kubectl("-n", team, "patch", "mlflow", "mlflow", "--type=merge", "-p", json.dumps(patch)).stdout
+    assert out.strip() == f"{MLFLOW} patched"
+    assert admin.get(CR, team, "mlflow")["spec"]["auth"]["allowedNamespaces"] == [team, "team-b"]
+
+    refused = kubectl("-n", team, "patch", "mlflow", "mlflow", "--type=merge",
+                      "-p", '{"spec":{"replicas":2}}', check=False)
+    assert refused.returncode == 1
+    assert "replicas > 1 requires backendStore.uriSecretRef" in refused.stderr
+    assert admin.get(CR, team, "mlflow")["spec"]["replicas"] == 1
+
+
+def test_create_token_with_the_servers_audience(kubectl: Kubectl, admin: Kube, team: str) -> None:
+    kubectl("create", "namespace", team)
+    kubectl("-n", team, "create", "serviceaccount", "trainer")
+    audience = f"https://mlflow.{team}.svc"
+    token = kubectl("-n", team, "create", "token", "trainer", "--audience", audience).stdout.strip()
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["aud"] == [audience]
+    assert claims["sub"] == f"system:serviceaccount:{team}:trainer"
+    review = admin.create("authentication.k8s.io/v1/tokenreviews", {
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": token, "audiences": [audience]}})
+    assert review["status"]["authenticated"] is True
+    assert review["status"]["user"]["username"] == f"system:serviceaccount:{team}:trainer"
+
+
+def test_production_and_training_job_examples_apply(crd: None, kubectl: Kubectl, admin: Kube,
+                                                    team: str) -> None:
+    kubectl("create", "namespace", team)
+    out = kubectl("apply", "-f", "-", stdin=example("production.yaml", team)).stdout
+    assert out.strip() == f"{MLFLOW} created"
+    (wide,) = kubectl.table("-n", team, "mlflow", "mlflow", "-o", "wide")
+    assert wide["REPLICAS"] == "3"
+    out = kubectl("apply", "-f", "-", stdin=example("training-job.yaml", team)).stdout.split("\n")
+    assert out[:2] == ["serviceaccount/trainer created", "job.batch/train-example created"]
+    job = admin.get("batch/v1/jobs", team, "train-example")
+    volume = job["spec"]["template"]["spec"]["volumes"][1]["projected"]["sources"][0]
+    # The example's projected audience is the minimal server's; a copy in another
+    # namespace would set its own (status.audience).
+    assert volume["serviceAccountToken"]["audience"] == "https://mlflow.ml-team.svc"
+
+
+def test_crd_update_command_of_the_notes(crd: None, kubectl: Kubectl) -> None:
+    crd_file = ROOT / "charts" / "mlflow-operator" / "crds" / "mlflowservers.yaml"
+    out = kubectl("apply", "--server-side", "-f", str(crd_file)).stdout
+    assert out.strip() == "customresourcedefinition.apiextensions.k8s.io/mlflowservers.mlflow-operator.dev " \
+                          "serverside-applied"
