@@ -182,8 +182,12 @@ class FaultProxy:
                 raise ConnectionResetError("dropped by the test fault proxy")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         body = await request.read()
+        # No Content-Type of the proxy's own: aiohttp would label a bare body octet-stream, which
+        # kube-apiserver refuses (415), while it reads JSON when the client sent no type
+        # (the `kubernetes` Python client sends none).
         async with self._client.request(request.method, self.upstream + request.rel_url.raw_path_qs,
-                                        headers=headers, data=body or None) as upstream:
+                                        headers=headers, data=body or None,
+                                        skip_auto_headers=("Content-Type",)) as upstream:
             response = aiohttp.web.StreamResponse(status=upstream.status, headers={
                 k: v for k, v in upstream.headers.items() if k.lower() not in _HOP})
             await response.prepare(request)
