@@ -24,12 +24,16 @@ def require(binary: Path) -> Path:
     return binary
 
 
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def helm(*args: str, check: bool = True, kubeconfig: str | Path | None = None,
+         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run helm; with `kubeconfig`, against that cluster (install, upgrade, uninstall)."""
     # A private HOME-less environment: helm must not read or write the user's config.
     env = {"HELM_CACHE_HOME": "/tmp/helm-test/cache", "HELM_CONFIG_HOME": "/tmp/helm-test/config",
            "HELM_DATA_HOME": "/tmp/helm-test/data", "PATH": "/usr/bin:/bin"}
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
     result = subprocess.run([str(require(HELM)), *args], capture_output=True, text=True,
-                            env=env, timeout=60)
+                            env=env, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
@@ -44,9 +48,9 @@ def values_args(values: dict[str, Any] | None, tmp_path: Path) -> list[str]:
 
 
 def template(tmp_path: Path, values: dict[str, Any] | None = None,
-             *extra: str) -> list[dict[str, Any]]:
+             *extra: str, namespace: str = NAMESPACE, release: str = RELEASE) -> list[dict[str, Any]]:
     """`helm template` output as objects (CRDs included, as `helm install` applies them)."""
-    out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds",
+    out = helm("template", release, str(CHART), "--namespace", namespace, "--include-crds",
                *values_args(values, tmp_path), *extra).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
