@@ -1,5 +1,6 @@
-"""Fixtures for the plugin tests: the KMock emulator as API server, real `mlflow server
---app-name k8s-auth` processes, fresh PostgreSQL databases.
+"""Fixtures for the plugin tests: the real control plane seen through a fault proxy
+(tests.plugin.cluster), real `mlflow server --app-name k8s-auth` processes, fresh
+PostgreSQL databases.
 
 Servers are started once per module (they take several seconds each) and write their
 stdout/stderr to a file so tests can assert that no token text ever reaches the log.
@@ -21,13 +22,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.kube import KubeEmulator
+from tests.plugin.cluster import AUDIENCE, PluginCluster
+from tests.support.controlplane import ControlPlane
+from tests.support.faultproxy import FaultProxy
+from tests.support.kubeapi import Kube
 from tests.support.postgres import Database as Postgres
 from tests.support.postgres import create_database
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-password-1234"
-AUDIENCE = "mlflow-test"
+__all__ = ["AUDIENCE", "ADMIN_PASSWORD", "ADMIN_USER", "MlflowServer", "Postgres", "free_port", "render_ini"]
 
 
 def free_port() -> int:
@@ -128,13 +132,14 @@ class MlflowServer:
 
 
 @pytest.fixture(scope="module")
-def kube_api() -> Iterator[KubeEmulator]:
-    """The emulated API server (TokenReview verifies tokens signed by the test key)."""
-    kube = KubeEmulator().start()
+def cluster(control_plane: ControlPlane, admin: Kube) -> Iterator[PluginCluster]:
+    """Namespaces, ServiceAccounts and a fault proxy for one module; all removed after it."""
+    proxy = FaultProxy(control_plane.url, control_plane.ca_file, control_plane.pki).start()
+    state = PluginCluster(admin, control_plane, proxy)
     try:
-        yield kube
+        yield state
     finally:
-        kube.stop()
+        state.close()
 
 
 @pytest.fixture(scope="module")

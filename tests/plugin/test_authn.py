@@ -1,5 +1,6 @@
 """`authenticate_request` in-process, the way MLflow's hooks call it (Flask request context),
-with the real auth store (SQLite) and the emulated API server."""
+with the real auth store (SQLite) and the real API server (reached as the server's own
+ServiceAccount, through the fault proxy)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from werkzeug.datastructures import Authorization
 from mlflow_k8s_auth import authn, runtime
 from mlflow_k8s_auth.config import load_config
 from mlflow_k8s_auth.responses import CHALLENGE_BEARER_ONLY
-from tests.plugin.conftest import AUDIENCE, Postgres, render_ini
-from tests.support.kube import KubeEmulator
+from tests.plugin.cluster import PluginCluster
+from tests.plugin.conftest import Postgres, render_ini
 
 app = flask.Flask(__name__)
 
@@ -24,10 +25,18 @@ app = flask.Flask(__name__)
 Installer = Callable[..., SqlAlchemyStore]
 
 
-@pytest.fixture
-def install(kube_api: KubeEmulator, tmp_path: Path) -> Iterator[Installer]:
-    kube_api.create_namespace("jobs")
+@pytest.fixture(scope="module")
+def jobs(cluster: PluginCluster) -> str:
+    return cluster.namespace("jobs")
 
+
+@pytest.fixture(scope="module")
+def server_kubeconfig(cluster: PluginCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cluster.server_kubeconfig(tmp_path_factory.mktemp("authn") / "kc", cluster.namespace("server"))
+
+
+@pytest.fixture
+def install(server_kubeconfig: Path, tmp_path: Path) -> Iterator[Installer]:
     def make(allow_basic: bool = True, database_uri: str | None = None) -> SqlAlchemyStore:
         uri = database_uri or f"sqlite:///{tmp_path}/auth.db"
         # Basic auth goes through MLflow's own module-level store, as in the server.
@@ -35,8 +44,7 @@ def install(kube_api: KubeEmulator, tmp_path: Path) -> Iterator[Installer]:
 
         store.init_db(uri)
         ini = tmp_path / "auth.ini"
-        kubeconfig = kube_api.write_kubeconfig(tmp_path / "kc")
-        ini.write_text(render_ini(uri, kubeconfig, allow_basic_auth=str(allow_basic).lower()))
+        ini.write_text(render_ini(uri, server_kubeconfig, allow_basic_auth=str(allow_basic).lower()))
         runtime.install(runtime.build_runtime(load_config(ini), store))
         return store
 
@@ -59,13 +67,12 @@ def test_basic_disabled_gives_bearer_only_challenge(install: Installer) -> None:
     assert "Basic auth is disabled" in result.get_json()["message"]
 
 
-def test_gateway_routes_read_the_mlflow_header(install: Installer, kube_api: KubeEmulator) -> None:
+def test_gateway_routes_read_the_mlflow_header(install: Installer, cluster: PluginCluster, jobs: str) -> None:
     install()
-    kube_api.create_service_account("jobs", "agent")
-    token = kube_api.token_for("jobs", "agent", [AUDIENCE])
+    token = cluster.token(jobs, "agent")
     headers = {"Authorization": "Bearer sk-upstream-provider-key", "X-MLflow-Authorization": f"Bearer {token}"}
     result = call(headers, "/gateway/openai/v1/chat/completions")
-    assert isinstance(result, Authorization) and result.username == "system:serviceaccount:jobs:agent"
+    assert isinstance(result, Authorization) and result.username == f"system:serviceaccount:{jobs}:agent"
     assert call(headers).status_code == 401  # elsewhere the standard header counts
 
 
@@ -93,12 +100,11 @@ def test_human_basic_login(install: Installer) -> None:
 
 @pytest.mark.slow
 def test_user_store_outage_is_503_not_500(
-    install: Installer, kube_api: KubeEmulator, fresh_databases: Callable[[], Postgres]
+    install: Installer, cluster: PluginCluster, jobs: str, fresh_databases: Callable[[], Postgres]
 ) -> None:
     db = fresh_databases()
     install(database_uri=db.uri)
-    kube_api.create_service_account("jobs", "unlucky")
-    token = kube_api.token_for("jobs", "unlucky", [AUDIENCE])
+    token = cluster.token(jobs, "unlucky")
     db.drop()  # the auth database goes away under the running server
     result = call({"Authorization": f"Bearer {token}"})
     assert isinstance(result, flask.Response) and result.status_code == 503

@@ -1,4 +1,5 @@
-"""Two `mlflow server --app-name k8s-auth` processes share one fresh PostgreSQL auth DB."""
+"""Two `mlflow server --app-name k8s-auth` processes share one fresh PostgreSQL auth DB; both
+review tokens with the real API server as the server's ServiceAccount."""
 
 from __future__ import annotations
 
@@ -9,26 +10,25 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.plugin.conftest import AUDIENCE, MlflowServer, Postgres, render_ini
-from tests.support.kube import KubeEmulator
+from mlflow_k8s_auth.namespace_roles import role_name
+from tests.plugin.cluster import PluginCluster
+from tests.plugin.conftest import MlflowServer, Postgres, render_ini
 
 
 @pytest.mark.slow
 def test_100_concurrent_first_requests_from_20_new_service_accounts(
-    kube_api: KubeEmulator, module_dir: Path, fresh_databases: Callable[[], Postgres]
+    cluster: PluginCluster, module_dir: Path, fresh_databases: Callable[[], Postgres]
 ) -> None:
     auth_db, tracking_db = fresh_databases(), fresh_databases()
-    kubeconfig = kube_api.write_kubeconfig(module_dir / "kubeconfig")
-    ini = render_ini(auth_db.uri, kubeconfig, namespace_permissions="fleet:EDIT")
+    fleet = cluster.namespace("fleet")
+    kubeconfig = cluster.server_kubeconfig(module_dir / "kubeconfig", cluster.namespace("server"))
+    ini = render_ini(auth_db.uri, kubeconfig, namespace_permissions=f"{fleet}:EDIT")
     # Started one after the other: the first creates the schemas (in a cluster the
     # operator's migration Job does that before any replica starts).
     servers = [MlflowServer(module_dir / f"replica-{i}", ini, tracking_db.uri, workers=2).start() for i in range(2)]
     try:
-        kube_api.create_namespace("fleet")
-        tokens = []
-        for i in range(20):
-            kube_api.create_service_account("fleet", f"worker-{i}")
-            tokens.append(kube_api.token_for("fleet", f"worker-{i}", [AUDIENCE]))
+        tokens = [cluster.token(fleet, f"worker-{i}") for i in range(20)]
+        reviews = cluster.reviews()
         calls = [(servers[n % 2].url, tokens[n % 20]) for n in range(100)]
 
         def call(target: tuple[str, str]) -> int:
@@ -43,11 +43,11 @@ def test_100_concurrent_first_requests_from_20_new_service_accounts(
             statuses = list(pool.map(call, calls))
         assert statuses == [200] * 100
         rows = auth_db.query("SELECT username, count(*) FROM users WHERE username LIKE 'system:%%' GROUP BY username")
-        assert sorted(rows) == sorted((f"system:serviceaccount:fleet:worker-{i}", 1) for i in range(20))
+        assert sorted(rows) == sorted((f"system:serviceaccount:{fleet}:worker-{i}", 1) for i in range(20))
         assert auth_db.query("SELECT count(*) FROM user_role_assignments") == [(20,)]
-        assert auth_db.query("SELECT count(*) FROM roles WHERE name = 'k8s-namespace-fleet'") == [(1,)]
+        assert auth_db.query("SELECT count(*) FROM roles WHERE name = %s", (role_name(fleet),)) == [(1,)]
         # 4 workers in 2 processes: at most one review per token per worker.
-        assert 20 <= kube_api.tokenreview.count <= 80
+        assert 20 <= cluster.reviews() - reviews <= 80
         for server in servers:
             assert "Traceback" not in server.log()
             for token in tokens:

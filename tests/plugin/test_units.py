@@ -1,4 +1,6 @@
-"""Pure parts of the plugin: header parsing, JWT pre-check and the review cache."""
+"""Pure parts of the plugin: header parsing, JWT pre-check and the review cache.
+
+The bad tokens are forged (tests.support.tokens: the attacker); the valid one is real."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from mlflow_k8s_auth.cache import ReviewCache
 from mlflow_k8s_auth.credentials import Basic, Bearer, Malformed, extract, parse_authorization
 from mlflow_k8s_auth.outcomes import Invalid, Reviewed, Unavailable
 from mlflow_k8s_auth.precheck import Claims, Rejected, precheck, split_service_account
+from tests.support.controlplane import ControlPlane
+from tests.support.kubeapi import Kube
 from tests.support.tokens import mint_alg_none_token, mint_token
 
 AUD = ("mlflow",)
@@ -47,11 +51,15 @@ class TestCredentials:
 
 
 class TestPrecheck:
-    def test_valid_token(self) -> None:
-        claims = precheck(mint_token("jobs", "trainer", ["mlflow", "other"]), AUD)
+    def test_valid_token(self, admin: Kube, control_plane: ControlPlane, namespace: str) -> None:
+        # A token as kube-apiserver issues it (TokenRequest), not one shaped by us.
+        admin.create_service_account(namespace, "trainer")
+        token = admin.token_for(namespace, "trainer", ["mlflow", "other"])
+        claims = precheck(token, AUD, issuers=(control_plane.issuer,))
         assert isinstance(claims, Claims)
-        assert claims.subject == "system:serviceaccount:jobs:trainer"
-        assert claims.expires_at > time.time()
+        assert claims.subject == f"system:serviceaccount:{namespace}:trainer"
+        assert claims.audiences == ("mlflow", "other")
+        assert time.time() + 3000 < claims.expires_at <= time.time() + 3600
 
     @pytest.mark.parametrize(
         ("token", "reason"),
