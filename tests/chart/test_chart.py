@@ -1,8 +1,12 @@
-"""The Helm chart with the real helm v4 binary: lint, render, Kubernetes 1.35 schemas,
-values schema errors, and what a platform engineer relies on in the rendered objects."""
+"""The Helm chart with the real helm v4 binary: lint, render, Kubernetes 1.35 schemas
+(kubernetes-validate, and the real kube-apiserver by server-side dry-run), Pod Security
+`restricted`, values schema errors, and what a platform engineer relies on in the
+rendered objects. Installing, upgrading and uninstalling: test_helm_release.py."""
 from __future__ import annotations
 
+import copy
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,11 @@ from mlflow_operator import cli
 from mlflow_operator.model import DEFAULT_IMAGE
 from mlflow_operator.settings import Options
 from tests.chart import helm as h
+from tests.conftest import unique_namespace
+from tests.support.controlplane import ControlPlane
+from tests.support.crd import install_crd
+from tests.support.kubeapi import Kube, resource_path
+from tests.support.kubectl import Kubectl
 
 K8S_VERSION = "1.35"  # kubernetes-validate ships 1.35 schemas (strict: unknown fields fail)
 PYPROJECT = tomllib.loads((h.ROOT / "pyproject.toml").read_text())
@@ -85,6 +94,60 @@ def test_every_object_validates_against_kubernetes_schemas(name: str, rendered: 
             pytest.fail(f"{where} is invalid for Kubernetes {K8S_VERSION} at "
                         f"{'.'.join(map(str, exc.path))}: {exc.message}")
         assert version == K8S_VERSION, where
+
+
+# ---- the real API server: server-side dry-run, Pod Security ----------------------------
+
+@pytest.fixture(scope="module")
+def cluster_namespaces(admin: Kube) -> Iterator[dict[str, str]]:
+    """Fresh namespaces standing in for the release namespace and team-a/team-b; the
+    release namespace enforces Pod Security `restricted`, as a hardened cluster would."""
+    names = {h.NAMESPACE: unique_namespace("chart"), "team-a": unique_namespace("team-a"),
+             "team-b": unique_namespace("team-b")}
+    install_crd(admin)
+    for original, name in names.items():
+        labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn")}
+        admin.create_namespace(name, labels if original == h.NAMESPACE else None)
+    for account in (h.RELEASE, "ops-sa"):  # the pods' ServiceAccounts must exist (admission)
+        admin.create_service_account(names[h.NAMESPACE], account)
+    yield names
+    for name in names.values():
+        admin.delete("v1/namespaces", None, name)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_api_server_accepts_every_rendered_object(
+        name: str, cluster_namespaces: dict[str, str], control_plane: ControlPlane, tmp_path: Path) -> None:
+    values = copy.deepcopy(VALUE_SETS[name])
+    if "watchNamespaces" in values:
+        values["watchNamespaces"] = [cluster_namespaces[ns] for ns in values["watchNamespaces"]]
+    objects = h.template(tmp_path, values, namespace=cluster_namespaces[h.NAMESPACE])
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(yaml.safe_dump_all(objects))
+    out = Kubectl(control_plane.kubeconfig, tmp_path)(
+        "apply", "--server-side", "--dry-run=server", "--field-manager=chart-test", "-f", str(manifest))
+    assert len(out.stdout.splitlines()) == len(objects), out.stdout
+    assert all(line.endswith("serverside-applied (server dry run)") for line in out.stdout.splitlines())
+    assert "Warning" not in out.stderr, out.stderr  # e.g. Pod Security warnings on the Deployment
+
+
+def _dry_run_pod(admin: Kube, namespace: str, pod_spec: dict[str, Any]) -> tuple[int, str]:
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "psa-check"}, "spec": pod_spec}
+    response = admin.session.post(admin.server + resource_path("v1/pods", namespace), json=body,
+                                  params={"dryRun": "All"}, timeout=30)
+    return response.status_code, response.json().get("message", "")
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_operator_pod_passes_pod_security_restricted(
+        name: str, rendered: dict, cluster_namespaces: dict[str, str], admin: Kube) -> None:
+    pod_spec = _deployment(rendered[name])["spec"]["template"]["spec"]
+    namespace = cluster_namespaces[h.NAMESPACE]
+    assert _dry_run_pod(admin, namespace, pod_spec) == (201, "")
+    # The namespace really enforces it: the same pod without its hardening is refused.
+    weakened = {**pod_spec, "securityContext": {}}
+    code, message = _dry_run_pod(admin, namespace, weakened)
+    assert code == 403 and 'violates PodSecurity "restricted:latest"' in message, message
 
 
 def test_object_set_per_mode(rendered: dict) -> None:
