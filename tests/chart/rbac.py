@@ -1,90 +1,74 @@
-"""A small RBAC authorizer over the chart's rendered Roles and bindings.
+"""The chart's RBAC installed on the real API server and judged by its RBAC authorizer.
 
-It answers the question kube-apiserver's RBAC authorizer answers for the operator's
-ServiceAccount: is (verb, group, resource[/subresource], namespace, name) allowed by the
-rules bound to it? Enough of the semantics for our rules: apiGroups/resources/verbs with
-"*", resourceNames (which never match list/watch/create of a collection), ClusterRoles
-bound cluster-wide, Roles bound in their namespace.
+    rbac = ChartRbac.install(admin, tmp_path, watch=["team-a"])   # [] = every namespace
+    rbac.allowed("create", "apps", "deployments", namespace="team-a")  # SubjectAccessReview
+    rbac.as_operator()            # a Kube acting with a TokenRequest token of the chart's SA
+    rbac.uninstall()
+
+`helm template` renders the chart with a release name of its own (the chart names its
+ClusterRole(Binding) after the release), its ServiceAccount and (Cluster)Roles and
+bindings are server-side applied, and every question is a SubjectAccessReview for that
+ServiceAccount: the answer is kube-apiserver's, not ours.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-# Resources whose objects live outside namespaces (the rest of the operator's are namespaced).
-CLUSTER_SCOPED = {"clusterrolebindings", "clusterroles", "namespaces", "customresourcedefinitions"}
+from tests.chart import helm as h
+from tests.conftest import unique_namespace
+from tests.support.controlplane import API_AUDIENCE
+from tests.support.kubeapi import Kube, resource_of
+
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
 
-@dataclass(frozen=True)
-class Call:
-    verb: str
-    group: str
-    resource: str  # plural, or plural/subresource
-    namespace: str | None = None  # None: cluster-wide (list/watch across namespaces too)
-    name: str | None = None
+@dataclass
+class ChartRbac:
+    admin: Kube
+    release: str  # also the release namespace and the ServiceAccount's name
+    watch: list[str]
+    objects: list[dict[str, Any]]
 
+    @classmethod
+    def install(cls, admin: Kube, tmp_path: Path, watch: list[str]) -> ChartRbac:
+        release = unique_namespace("mlflow-operator")
+        values = {"watchNamespaces": watch} if watch else None
+        objects = [o for o in h.template(tmp_path, values, namespace=release, release=release)
+                   if o["kind"] in RBAC_KINDS]
+        for namespace in (release, *watch):
+            admin.create_namespace(namespace)
+        for obj in objects:
+            admin.apply(obj, manager="tests-chart-rbac")
+        return cls(admin, release, watch, objects)
 
-@dataclass(frozen=True)
-class Grant:
-    namespace: str | None  # None: granted in every namespace and cluster-wide
-    rule: Mapping[str, Any]
+    def uninstall(self) -> None:
+        for obj in self.objects:
+            if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+                self.admin.delete(resource_of(obj), None, obj["metadata"]["name"])
+        for namespace in (self.release, *self.watch):
+            self.admin.delete("v1/namespaces", None, namespace)
 
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.release}:{self.release}"
 
-def _subject_matches(subject: Mapping[str, Any], namespace: str, name: str) -> bool:
-    return (subject.get("kind") == "ServiceAccount" and subject.get("name") == name
-            and subject.get("namespace") == namespace)
+    def allowed(self, verb: str, group: str, resource: str, namespace: str | None = None,
+                name: str | None = None) -> bool:
+        """Would kube-apiserver let the operator's ServiceAccount do this? `resource` may be
+        `plural/subresource`; namespace None = cluster-scoped or across all namespaces."""
+        plural, _, subresource = resource.partition("/")
+        attributes = {"verb": verb, "group": group, "resource": plural, "subresource": subresource,
+                      "namespace": namespace or "", "name": name or ""}
+        review = self.admin.create("authorization.k8s.io/v1/subjectaccessreviews", {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": self.user, "resourceAttributes": attributes,
+                     # The groups a ServiceAccount token authenticates with.
+                     "groups": ["system:serviceaccounts", f"system:serviceaccounts:{self.release}",
+                                "system:authenticated"]}})
+        return bool(review["status"].get("allowed"))
 
-
-def grants_for(objects: Iterable[Mapping[str, Any]], sa_namespace: str, sa_name: str) -> list[Grant]:
-    """Every rule bound to the ServiceAccount, with the namespace it applies in."""
-    objects = list(objects)
-    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
-             for o in objects if o.get("kind") in ("ClusterRole", "Role")}
-    out: list[Grant] = []
-    for binding in objects:
-        if binding.get("kind") not in ("ClusterRoleBinding", "RoleBinding"):
-            continue
-        if not any(_subject_matches(s, sa_namespace, sa_name) for s in binding.get("subjects") or []):
-            continue
-        ref = binding["roleRef"]
-        scope = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None
-        role_ns = scope if ref["kind"] == "Role" else None
-        role = roles.get((ref["kind"], role_ns, ref["name"]))
-        assert role is not None, f"{binding['kind']} {binding['metadata']['name']} refers to a missing {ref}"
-        out += [Grant(scope, rule) for rule in role.get("rules") or []]
-    return out
-
-
-def _has(values: Iterable[str], value: str) -> bool:
-    values = list(values)
-    return "*" in values or value in values
-
-
-def _rule_allows(rule: Mapping[str, Any], call: Call) -> bool:
-    if not (_has(rule.get("apiGroups", []), call.group) and _has(rule.get("resources", []), call.resource)
-            and _has(rule.get("verbs", []), call.verb)):
-        return False
-    names = rule.get("resourceNames") or []
-    return not names or (call.name is not None and call.name in names)
-
-
-def allows(grants: Iterable[Grant], call: Call) -> bool:
-    for grant in grants:
-        if grant.namespace is not None and grant.namespace != call.namespace:
-            continue  # a Role allows nothing outside its namespace, nor cluster-wide
-        if _rule_allows(grant.rule, call):
-            return True
-    return False
-
-
-def expand(rules: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
-    """{(verb, group, resource)} of explicit rules (the chart never uses '*')."""
-    out = set()
-    for rule in rules:
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                for verb in rule["verbs"]:
-                    assert "*" not in (group, resource, verb), f"wildcard in {rule}"
-                    out.add((verb, group, resource))
-    return out
+    def as_operator(self) -> Kube:
+        """The API as the operator sees it: a TokenRequest token of the chart's SA."""
+        return self.admin.with_token(self.admin.token_for(self.release, self.release, [API_AUDIENCE]))
