@@ -12,8 +12,16 @@ over rounds is printed with its min/max. The servers' own CPU time per request (
 from /proc) is printed too: it measures the same thing with less noise from other load.
 The client (8 keep-alive threads) runs in this process and shares the machine's cores.
 plus: TokenReviews for 64 concurrent requests with one new token, the in-process cost of a
-token cache hit and of the plugin's whole warm-cache authentication, and TokenReviews
-caused by a flood of unique garbage tokens.
+token cache hit and of the plugin's whole warm-cache authentication, TokenReviews caused
+by a flood of unique garbage tokens, and the uncached path against the real API server:
+the plugin's TokenReview call (median/p95, a new token each time, so kube-apiserver's own
+10 s token cache misses too) and a first request with a new token end to end.
+
+Kubernetes is the real control plane (tests.support.controlplane, v1.35): `run` starts one
+unless given one. The servers review tokens as their own ServiceAccount bound to
+system:auth-delegator, straight to kube-apiserver (no proxy in the measured path);
+TokenReviews are counted by kube-apiserver itself (`apiserver_request_total`). Job tokens
+come from the TokenRequest API; the garbage is forged (tests.support.tokens).
 
 `run(quick)` returns a flat dict; `python -m bench` prints it with the other suites.
 """
@@ -38,9 +46,10 @@ import requests
 
 from mlflow_k8s_auth.cache import ReviewCache
 from mlflow_k8s_auth.outcomes import Reviewed
-from mlflow_k8s_auth.precheck import precheck
+from mlflow_k8s_auth.precheck import Claims, precheck
 from tests.plugin.conftest import ADMIN_PASSWORD, ADMIN_USER, AUDIENCE, MlflowServer, render_ini
-from tests.support.kube import KubeEmulator
+from bench.plugin_apiserver import JOB_SA, BenchCluster, percentiles_ms, tokenreview_latency_ms
+from tests.support.controlplane import ControlPlane
 from tests.support.tokens import mint_alg_none_token, mint_token
 
 THREADS = 8
@@ -120,10 +129,11 @@ def _per_call_us(fn: Callable[[], Any], iterations: int) -> float:
     return (time.perf_counter() - started) / iterations * 1e6
 
 
-def _cache_costs(iterations: int) -> dict[str, float]:
-    token = mint_token("bench", "cached", [AUDIENCE])
+def _cache_costs(token: str, iterations: int) -> dict[str, float]:
     cache = ReviewCache((AUDIENCE,), 120, 5, 10000)
-    cache.store(cache.key(token), Reviewed("system:serviceaccount:bench:cached", "bench", "cached", time.time() + 3600))
+    claims = precheck(token, (AUDIENCE,))
+    assert isinstance(claims, Claims)
+    cache.store(cache.key(token), Reviewed(claims.subject, "bench", "cached", time.time() + 3600))
     assert cache.lookup(cache.key(token)) is not None
     return {
         "cache_hit_us": _per_call_us(lambda: cache.lookup(cache.key(token)), iterations),
@@ -131,7 +141,7 @@ def _cache_costs(iterations: int) -> dict[str, float]:
     }
 
 
-def _authenticate_cost_us(kube: KubeEmulator, workdir: Path, iterations: int) -> float:
+def _authenticate_cost_us(cluster: BenchCluster, workdir: Path, iterations: int) -> float:
     """Our whole `authenticate_request` for a known token (warm cache), minus the memo."""
     import flask
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
@@ -142,14 +152,26 @@ def _authenticate_cost_us(kube: KubeEmulator, workdir: Path, iterations: int) ->
     store = SqlAlchemyStore()
     store.init_db(f"sqlite:///{workdir}/inproc-auth.db")
     ini = workdir / "inproc.ini"
-    ini.write_text(render_ini(f"sqlite:///{workdir}/inproc-auth.db", kube.write_kubeconfig(workdir / "inproc-kc")))
+    ini.write_text(render_ini(f"sqlite:///{workdir}/inproc-auth.db", cluster.server_kubeconfig))
     runtime.install(runtime.build_runtime(load_config(ini), store))
-    headers = {"Authorization": f"Bearer {kube.token_for('bench', 'reader', [AUDIENCE])}"}
+    headers = {"Authorization": f"Bearer {cluster.job_token()}"}
     with flask.Flask(__name__).test_request_context("/api/2.0/mlflow/experiments/get", headers=headers):
         first = authn._authenticate_safely()  # reviews once, fills the cache
-        if getattr(first, "username", None) != "system:serviceaccount:bench:reader":
+        if getattr(first, "username", None) != f"system:serviceaccount:{cluster.namespace}:{JOB_SA}":
             raise RuntimeError("in-process authentication failed")
         return _per_call_us(authn._authenticate_safely, iterations)
+
+
+def _request_latency_ms(session: requests.Session, url: str, tokens: list[str]) -> dict[str, float]:
+    """Sequential requests on one keep-alive connection: per-request wall time."""
+    samples = []
+    for token in tokens:
+        started = time.perf_counter()
+        status = session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code
+        samples.append(time.perf_counter() - started)
+        if status != 200:
+            raise RuntimeError(f"latency request got HTTP {status}")
+    return percentiles_ms(samples)
 
 
 def _garbage(i: int) -> str:
@@ -188,8 +210,7 @@ def _flood(url: str, count: int) -> tuple[int, float]:
     return count, elapsed
 
 
-def _start_servers(kube: KubeEmulator, workdir: Path) -> dict[str, MlflowServer]:
-    kubeconfig = kube.write_kubeconfig(workdir / "kubeconfig")
+def _start_servers(kubeconfig: Path, workdir: Path) -> dict[str, MlflowServer]:
 
     def ini(name: str, **extra: object) -> str:
         return render_ini(f"sqlite:///{workdir}/{name}-auth.db", kubeconfig, **extra).replace(
@@ -228,35 +249,61 @@ def _experiment(server: MlflowServer, admin_headers: dict[str, str]) -> str:
     return str(response.json()["experiment_id"])
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, plane: ControlPlane | None = None) -> dict[str, Any]:
+    """Measure on `plane`, or on a control plane started (and stopped) for this run."""
     seconds, rounds = (2.0, 4) if quick else (5.0, 8)
     flood_count = 1000 if quick else 10000
-    kube = KubeEmulator().start()
-    try:
-        kube.create_namespace("bench")
-        kube.create_service_account("bench", "reader")
-        with tempfile.TemporaryDirectory(prefix="plugin-bench-") as tmp:
-            servers = _start_servers(kube, Path(tmp))
-            try:
-                result = _measure(kube, servers, seconds, rounds, flood_count)
-                result["authenticate_warm_us"] = round(_authenticate_cost_us(kube, Path(tmp), 20_000), 2)
+    latency_count = 40 if quick else 300
+    with tempfile.TemporaryDirectory(prefix="plugin-bench-") as tmp:
+        workdir = Path(tmp)
+        own = plane is None
+        plane = plane or ControlPlane(workdir / "control-plane").start()
+        try:
+            with BenchCluster.open(plane, workdir) as cluster:
+                servers = _start_servers(cluster.server_kubeconfig, workdir)
+                try:
+                    result = _measure(cluster, servers, seconds, rounds, flood_count)
+                    result.update(_uncached(cluster, servers["k8s"], latency_count))
+                finally:
+                    for server in servers.values():
+                        server.stop()
+                result["authenticate_warm_us"] = round(_authenticate_cost_us(cluster, workdir, 20_000), 2)
+                if own:
+                    result["control_plane_start_seconds"] = round(plane.started_in, 1)
                 return result
-            finally:
-                for server in servers.values():
-                    server.stop()
-    finally:
-        kube.stop()
+        finally:
+            if own:
+                plane.stop()
+
+
+def _uncached(cluster: BenchCluster, server: MlflowServer, count: int) -> dict[str, Any]:
+    """The path a new token takes, against the real API server (median and p95)."""
+    review = tokenreview_latency_ms(cluster, count)
+    url = f"{server.url}/api/2.0/mlflow/experiments/get?experiment_id=0"
+    session, known = requests.Session(), cluster.job_token()
+    _request_latency_ms(session, url, [known])  # reviews it, opens the connection
+    warm = _request_latency_ms(session, url, [known] * count)
+    first = _request_latency_ms(session, url, [cluster.job_token() for _ in range(count)])
+    return {
+        "tokenreview_uncached_ms_median": review["median"],
+        "tokenreview_uncached_ms_p95": review["p95"],
+        "request_new_token_ms_median": first["median"],
+        "request_new_token_ms_p95": first["p95"],
+        "request_cached_token_ms_median": warm["median"],
+        "request_cached_token_ms_p95": warm["p95"],
+    }
 
 
 def _measure(
-    kube: KubeEmulator, servers: dict[str, MlflowServer], seconds: float, rounds: int, flood_count: int
+    cluster: BenchCluster, servers: dict[str, MlflowServer], seconds: float, rounds: int, flood_count: int
 ) -> dict[str, Any]:
     admin = _basic(ADMIN_USER, ADMIN_PASSWORD)
     requests.post(
         f"{servers['basic'].url}/api/2.0/mlflow/users/create",
         json={"username": USER, "password": PASSWORD}, headers=admin, timeout=30,
     ).raise_for_status()
-    bearer = {"Authorization": f"Bearer {kube.token_for('bench', 'reader', [AUDIENCE])}"}
+    token = cluster.job_token()
+    bearer = {"Authorization": f"Bearer {token}"}
     targets = {
         "plain": ({}, _experiment(servers["plain"], {})),
         "k8s": (bearer, _experiment(servers["k8s"], admin)),
@@ -279,19 +326,19 @@ def _measure(
             rps[name].append(rate)
             cpu_us[name].append((_cpu_seconds(pid) - cpu_before) / max(count, 1) * 1e6)
 
-    new_token = kube.token_for("bench", "reader", [AUDIENCE], expires_in=7000)
-    before = kube.tokenreview.count
+    new_token = cluster.job_token(expiration_seconds=7000)
+    before = cluster.tokenreviews()
     with concurrent.futures.ThreadPoolExecutor(64) as pool:
         burst = list(pool.map(lambda _: requests.get(urls["k8s"], headers={"Authorization": f"Bearer {new_token}"}, timeout=30).status_code, range(64)))
-    burst_reviews = kube.tokenreview.count - before
+    burst_reviews = cluster.tokenreviews() - before
     if set(burst) != {200}:
         raise RuntimeError(f"burst got statuses {sorted(set(burst))}")
 
-    before = kube.tokenreview.count
+    before = cluster.tokenreviews()
     flooded, flood_seconds = _flood(urls["k8s"], flood_count)
-    flood_reviews = kube.tokenreview.count - before
+    flood_reviews = cluster.tokenreviews() - before
 
-    costs = _cache_costs(200_000)
+    costs = _cache_costs(token, 200_000)
     median = {name: statistics.median(values) for name, values in rps.items()}
 
     def ratio(name: str, base: str = "plain") -> float:
