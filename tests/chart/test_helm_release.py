@@ -87,11 +87,19 @@ def teams(admin: Kube) -> Iterator[list[str]]:
         admin.delete("v1/namespaces", None, name)
 
 
-@pytest.fixture
-def node(admin: Kube, release: Release, teams: list[str]) -> Iterator[Node]:
-    node = Node(admin, f"node-{release.name}", namespaces={release.name, *teams}).start()
+@pytest.fixture(scope="module")
+def module_node(admin: Kube) -> Iterator[Node]:
+    # One per module: stopping a Node waits for its watch threads (seconds each).
+    node = Node(admin, unique_namespace("node-helm"), namespaces=set()).start()
     yield node
     node.stop()
+
+
+@pytest.fixture
+def node(module_node: Node, release: Release, teams: list[str]) -> Node:
+    for namespace in (release.name, *teams):
+        module_node.add_namespace(namespace)
+    return module_node
 
 
 def _rule_resources(role: dict[str, Any]) -> set[str]:
