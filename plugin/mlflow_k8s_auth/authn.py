@@ -101,7 +101,7 @@ def _answer(outcome: ReviewOutcome, allow_basic: bool) -> Result:
     state = runtime.current()
     if isinstance(outcome, Unavailable):
         metrics.AUTH_DECISIONS.labels(method="bearer", result="unavailable").inc()
-        return responses.unavailable("cannot verify the token right now, retry shortly")
+        return responses.unavailable(_unavailable_message(outcome))
     if isinstance(outcome, Invalid):
         return _deny("bearer", outcome.reason, allow_basic)
     grant = decide(state.config, outcome)
@@ -110,6 +110,14 @@ def _answer(outcome: ReviewOutcome, allow_basic: bool) -> Result:
         return responses.forbidden(grant.reason)
     metrics.AUTH_DECISIONS.labels(method="bearer", result="ok").inc()
     return Authorization("bearer", {"username": grant.username})
+
+
+def _unavailable_message(outcome: Unavailable) -> str:
+    if outcome.reason in ("http_401", "http_403"):
+        # The API server refused the server's own credentials: waiting alone will not fix it.
+        return ("cannot verify the token: the Kubernetes API refused this server's own credentials "
+                "(its ServiceAccount needs permission to create TokenReviews: system:auth-delegator)")
+    return "cannot verify the token right now, retry shortly"
 
 
 def _basic(credentials: Basic, path: str, allow_basic: bool) -> Result:

@@ -277,6 +277,7 @@ def test_api_server_trouble_is_503_and_not_cached(env: Env, faults: None, fault:
         assert time.monotonic() - started < 3
     # Each request asked again: an API failure is never cached, not even briefly.
     assert env.cluster.reviews() == reviews + 2
+    assert "retry shortly" in env.get(GET_EXPERIMENT, bearer(token)).json()["message"]  # a passing fault
     env.cluster.proxy.reset()
     # Once the API answers, the same token works.
     assert env.get(GET_EXPERIMENT, bearer(token)).status_code == 200
@@ -302,7 +303,8 @@ def test_server_without_auth_delegator_binding_is_503(env: Env, faults: None) ->
         token = env.token("jobs", "before-rbac-fix")
         response = env.get(GET_EXPERIMENT, bearer(token))
         assert_unavailable(response)
-        assert "retry" in response.json()["message"]
+        assert "refused this server's own credentials" in response.json()["message"]
+        assert "system:auth-delegator" in response.json()["message"]
         # The operator of the server learns why from the log, the caller's token stays out of it.
         assert "TokenReview failed with HTTP 403 (may the server's ServiceAccount create tokenreviews?)" in env.server.log()
     finally:
