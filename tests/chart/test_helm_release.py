@@ -146,6 +146,21 @@ def test_install_upgrade_uninstall(release: Release, teams: list[str], node: Nod
     assert admin.get("apiextensions.k8s.io/v1/customresourcedefinitions", None, CRD_NAME) is not None
 
 
+def run_notes_step(notes: str, step: int, plane: ControlPlane, home: Path) -> str:
+    """Run the shell commands of step `step` of the NOTES helm printed, as a user pastes
+    them (bash, kubectl on PATH, the admin kubeconfig); returns their output."""
+    start = notes.index(f"\n{step}. ")
+    end = notes.find(f"\n{step + 1}. ", start)
+    block = notes[start:end if end > 0 else None]
+    script = "\n".join(line[5:] for line in block.splitlines() if line.startswith("     "))
+    assert script.startswith("kubectl "), block
+    env = {"PATH": f"{h.BIN}:/usr/bin:/bin", "HOME": str(home), "KUBECONFIG": str(plane.kubeconfig)}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                            env=env, timeout=150)
+    assert result.returncode == 0, f"NOTES step {step} failed:\n{script}\n{result.stderr}"
+    return result.stdout
+
+
 def _alive(proc: subprocess.Popen[bytes], liveness: str, log: Path) -> bool:
     if proc.poll() is not None:
         raise AssertionError(f"operator exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
@@ -169,7 +184,7 @@ def _operator_argv(container: dict[str, Any]) -> tuple[list[str], str]:
 def test_operator_with_the_charts_args_and_service_account_makes_a_server_ready(
         release: Release, teams: list[str], node: Node, admin: Kube, control_plane: ControlPlane) -> None:
     team = teams[0]
-    release.helm("install", "--create-namespace", values={"watchNamespaces": [team]})
+    notes = release.helm("install", "--create-namespace", values={"watchNamespaces": [team]})
     token = admin.token_for(release.name, release.name, [API_AUDIENCE])
     kubeconfig = admin.write_kubeconfig(release.tmp_path / "operator.kubeconfig", token=token)
     argv, liveness = _operator_argv(release.container())
@@ -177,16 +192,16 @@ def test_operator_with_the_charts_args_and_service_account_makes_a_server_ready(
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    kubectl = Kubectl(control_plane.kubeconfig, release.tmp_path)
     try:
         wait_for(lambda: _alive(proc, liveness, log), 30, "the operator's liveness endpoint")
-        admin.create(CR, {"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
-                          "metadata": {"name": "mlflow"}, "spec": {}}, namespace=team)
-        # The command NOTES.txt gives users.
-        kubectl("-n", team, "wait", "mlflow/mlflow", "--for=condition=Ready", "--timeout=90s", timeout=100)
-        status = admin.get(CR, team, "mlflow")["status"]
-        assert status["url"] == f"http://mlflow.{team}.svc:5000"
-        assert status["migration"]["state"] == "Succeeded"
+        # What helm printed: NOTES step 2 creates the server, step 3 waits and reads it.
+        assert "created" in run_notes_step(notes, 2, control_plane, release.tmp_path)
+        wait, table, fields = run_notes_step(notes, 3, control_plane, release.tmp_path).split("\n", 2)
+        assert wait == "mlflowserver.mlflow-operator.dev/mlflow condition met"
+        assert table.split()[:6] == ["NAME", "READY", "REPLICAS", "AVAILABLE", "URL", "PHASE"]
+        assert fields.split("\n")[1:4] == [f"http://mlflow.{team}.svc:5000", f"https://mlflow.{team}.svc",
+                                           "mlflow-admin"]
+        assert admin.get(CR, team, "mlflow")["status"]["migration"]["state"] == "Succeeded"
         admin.delete(CR, team, "mlflow")
         wait_for(lambda: admin.get(CR, team, "mlflow") is None, 30, "the finalizer released")
     except AssertionError as exc:
