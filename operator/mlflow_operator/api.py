@@ -1,8 +1,8 @@
 """A small generic Kubernetes REST layer over the official client's ApiClient.
 
 The typed per-kind APIs of the `kubernetes` package would need one code path per kind;
-the operator only ever creates, reads, merge-patches and deletes whole manifests, so one
-path-building helper plus four verbs is all it needs. The official client still does the
+the operator only ever creates, reads, applies (server-side), patches and deletes whole
+manifests, so one path-building helper plus a few verbs is all it needs. The official client still does the
 hard parts: kubeconfig/in-cluster config, TLS and token refresh.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 FIELD_MANAGER = "mlflow-operator"
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (JSON is valid YAML)
 GROUP = "mlflow-operator.dev"
 VERSION = "v1alpha1"
 CR_API_VERSION = f"{GROUP}/{VERSION}"
@@ -162,6 +163,14 @@ class KubeApi:
         path = res.path(namespace, name) + (f"/{subresource}" if subresource else "")
         return self._call("patch", "PATCH", path, (res.kind, name), body=dict(patch),
                           query={"fieldManager": FIELD_MANAGER}, content_type=MERGE_PATCH)
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply as the operator's field manager, forcing ownership: the
+        operator's fields win over other managers' conflicting values (drift repair)."""
+        res, meta = resource_of(manifest), manifest["metadata"]
+        return self._call("apply", "PATCH", res.path(meta.get("namespace"), meta["name"]),
+                          (res.kind, meta["name"]), body=json.dumps(manifest),
+                          query={"fieldManager": FIELD_MANAGER, "force": "true"}, content_type=APPLY_PATCH)
 
     def delete(self, res: Resource, namespace: str | None, name: str) -> bool:
         """True if deleted, False if it was already gone."""

@@ -1,89 +1,51 @@
-"""Running the real operator (`mlflow-operator run`, a subprocess) against the emulator;
-shared by the operator tests and `bench/operator_bench.py`.
+"""Running the real operator (`mlflow-operator run`, a subprocess) against the real control
+plane; shared by the operator tests and `bench/operator_bench.py`.
 
-    kube = RecordingKube().start()   # a KubeEmulator that also tallies API calls by verb
-    operator = OperatorProcess(kube, tmp_path, namespaces=['team-a']).start()
+    identity = OperatorIdentity.install(admin, tmp, release, watch=[ns])   # chart RBAC
+    operator = OperatorProcess(identity.kubeconfig(admin, proxy.url), tmp, [ns]).start()
+    node = Node(admin, "node-x", namespaces={ns}, runner=GatedRunner()).start()
     operator.stop(); operator.log(); operator.peak_rss_bytes()
     wait_for(lambda: ..., timeout=20, what='...')
+
+The operator talks to kube-apiserver through the fault proxy (request counts, injected
+faults) with the token of the chart's ServiceAccount; pods of its Deployments and Jobs
+are run by the test Node, so the real Deployment and Job controllers report rollouts and
+migrations.
 """
 from __future__ import annotations
 
-import collections
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp.web
-import kmock
-
-from tests.support import kubeproto as kp
-from tests.support.kube import KubeEmulator
+from tests.support.faultproxy import FaultProxy
+from tests.support.kubeapi import ApiError, Kube
+from tests.support.node import Node, SimulatedRunner
 
 T = TypeVar("T")
 CR = "mlflow-operator.dev/v1alpha1/mlflowservers"
 OPERATOR = Path(sys.executable).with_name("mlflow-operator")
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
-def _verb(method: str, name: str | None, watch: str | None) -> str:
-    if method == "GET":
-        return "watch" if watch in ("true", "1") else ("get" if name else "list")
-    return {"POST": "create", "PATCH": "patch", "PUT": "update",
-            "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+def __getattr__(name: str) -> Any:
+    # tests/chart/test_rbac.py still runs the operator on the emulator; it imports these
+    # from here. Loaded lazily so nothing of the operator's own tests touches the emulator.
+    if name in ("RecordingKube", "_verb"):
+        from tests.operator import emulator_recording
+        return getattr(emulator_recording, name)
+    raise AttributeError(name)
 
 
-class RecordingKube(KubeEmulator):
-    """Counts API calls as RBAC sees them: (verb, group, resource[/subresource]).
-
-    A local subclass, not a gap of the emulator: only these tests need the full tally
-    (the emulator keeps a short request log on purpose)."""
-
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        self.api_calls: collections.Counter[tuple[str, str, str]] = collections.Counter()
-        # resource -> the labelSelector of each list/watch request on it ('' = none)
-        self.list_selectors: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
-
-    async def _parse(self, raw: aiohttp.web.BaseRequest) -> kmock.Request:
-        request = await super()._parse(raw)
-        path = kp.parse_path(raw.path)
-        if path is not None and path.plural:
-            resource = path.plural + (f"/{path.subresource}" if path.subresource else "")
-            verb = _verb(raw.method, path.name, raw.query.get("watch"))
-            self.api_calls[(verb, path.group or "", resource)] += 1
-            if verb in ("list", "watch"):
-                self.list_selectors[resource].add(raw.query.get("labelSelector", ""))
-        return request
-
-
-def fail_next(kube: KubeEmulator, method: str, path: str, status: int) -> None:
-    """Answer the next `method path` request with `status`, once.
-
-    kmock's `[:1]` slices count the emulator's request log, which is trimmed (by tests and
-    when it grows): a consumed slice then fires again, in a later test too. kmock also
-    evaluates a reaction's filter over past requests: this one picks the first matching
-    request newer than itself, by id, and keeps answering for that request alone.
-    """
-    newest = max((request.id for request in kube._requests), default=-1)
-    chosen: list[int] = []
-
-    def next_one(request: kmock.Request) -> bool:
-        if request.id <= newest or getattr(request.method, "value", request.method) != method \
-                or request.url.path != path:
-            return False
-        if not chosen:
-            chosen.append(request.id)
-        return request.id == chosen[0]
-
-    kube[next_one] << status
-
-
-def wait_for(check: Callable[[], T], timeout: float = 20, what: str = "condition",
+def wait_for(check: Callable[[], T], timeout: float = 30, what: str = "condition",
              interval: float = 0.1) -> T:
     deadline = time.monotonic() + timeout
     while True:
@@ -102,13 +64,15 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """`mlflow-operator run` as users run it, pointed at the emulator by KUBECONFIG."""
+    """`mlflow-operator run` as users run it, with the kubeconfig it is given (or, for
+    tests/chart/test_rbac.py, one written by an emulator's `write_kubeconfig`)."""
 
-    def __init__(self, kube: KubeEmulator, workdir: Path, namespaces: list[str],
+    def __init__(self, kubeconfig: Path | Any, workdir: Path, namespaces: list[str],
                  resync_seconds: float = 2.0, extra: list[str] | None = None):
-        self.kube, self.workdir, self.namespaces = kube, workdir, namespaces
+        if not isinstance(kubeconfig, Path):
+            kubeconfig = kubeconfig.write_kubeconfig(workdir / "operator.kubeconfig")
+        self.kubeconfig, self.workdir, self.namespaces = kubeconfig, workdir, namespaces
         self.resync_seconds, self.extra = resync_seconds, extra or []
-        self.kubeconfig = kube.write_kubeconfig(workdir / "operator.kubeconfig")
         self.logfile = workdir / "operator.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.liveness = ""
@@ -166,6 +130,74 @@ class OperatorProcess:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
 
+class GatedRunner(SimulatedRunner):
+    """SimulatedRunner whose pods named with a held prefix stay Pending until released:
+    a migration that is still running, as long as a test needs it to be."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: dict[str, list[tuple[Node, dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, prefix: str) -> None:
+        with self._lock:
+            self._held.setdefault(prefix, [])
+
+    def release(self, prefix: str) -> None:
+        with self._lock:
+            waiting = self._held.pop(prefix, [])
+        for node, pod in waiting:
+            super().start(node, pod)
+
+    def start(self, node: Node, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        with self._lock:
+            prefix = next((p for p in self._held if name.startswith(p)), None)
+            if prefix is not None:
+                self._held[prefix].append((node, pod))
+                return
+        super().start(node, pod)
+
+
 def server_manifest(name: str, namespace: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec or {}}
+
+
+def _scope(namespace: str) -> str:
+    # Objects of `namespace`, and the cluster-scoped ClusterRoleBindings named after it.
+    return rf"/namespaces/{re.escape(namespace)}/|:{re.escape(namespace)}:"
+
+
+def writes(proxy: FaultProxy, namespace: str) -> int:
+    """Write requests (POST, PUT, PATCH, DELETE) that passed the proxy for `namespace`."""
+    return sum(proxy.count(method, _scope(namespace)) for method in WRITE_METHODS)
+
+
+def requests_in(proxy: FaultProxy, namespace: str) -> int:
+    return sum(proxy.count(method, _scope(namespace)) for method in ("GET", *WRITE_METHODS))
+
+
+def write_paths(proxy: FaultProxy, namespace: str) -> list[str]:
+    """The distinct write requests for `namespace`, for assertion messages."""
+    pattern = re.compile(_scope(namespace))
+    for _ in range(5):
+        try:
+            return sorted(f"{m} {p}" for (m, p) in list(proxy.seen) if m in WRITE_METHODS and pattern.search(p))
+        except RuntimeError:  # counted meanwhile by the proxy's thread
+            continue
+    return []
+
+
+def release_namespace(admin: Kube, namespace: str) -> None:
+    """Delete a test namespace whose operator is gone: its MLflowServers' finalizers are
+    dropped first (nobody is left to run them), and their ClusterRoleBindings deleted."""
+    try:
+        for server in admin.list(CR, namespace):
+            admin.patch(CR, namespace, server["metadata"]["name"], {"metadata": {"finalizers": None}})
+        for binding in admin.list("rbac.authorization.k8s.io/v1/clusterrolebindings",
+                                  labels=f"mlflow-operator.dev/owner-namespace={namespace}"):
+            admin.delete("rbac.authorization.k8s.io/v1/clusterrolebindings", None, binding["metadata"]["name"])
+        admin.delete("v1/namespaces", None, namespace)
+    except ApiError:
+        pass
