@@ -161,6 +161,11 @@ def run_notes_step(notes: str, step: int, plane: ControlPlane, home: Path) -> st
     return result.stdout
 
 
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
 def _alive(proc: subprocess.Popen[bytes], liveness: str, log: Path) -> bool:
     if proc.poll() is not None:
         raise AssertionError(f"operator exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
@@ -202,6 +207,8 @@ def test_operator_with_the_charts_args_and_service_account_makes_a_server_ready(
         assert fields.split("\n")[1:4] == [f"http://mlflow.{team}.svc:5000", f"https://mlflow.{team}.svc",
                                            "mlflow-admin"]
         assert admin.get(CR, team, "mlflow")["status"]["migration"]["state"] == "Succeeded"
+        limit = release.container()["resources"]["limits"]["memory"]
+        assert limit.endswith("Mi") and _rss_mib(proc.pid) < int(limit[:-2]), "fits the chart's memory limit"
         admin.delete(CR, team, "mlflow")
         wait_for(lambda: admin.get(CR, team, "mlflow") is None, 30, "the finalizer released")
     except AssertionError as exc:
