@@ -5,6 +5,7 @@ server-side dry-run (nothing is stored)."""
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -314,6 +315,27 @@ def _rules(schema: dict[str, Any]):
     yield from schema.get("x-kubernetes-validations", [])
     for sub in schema.get("properties", {}).values():
         yield from _rules(sub)
+
+
+def _rule_nodes(schema: dict[str, Any]):
+    for rule in schema.get("x-kubernetes-validations", []):
+        yield schema, rule["rule"]
+    for sub in schema.get("properties", {}).values():
+        yield from _rule_nodes(sub)
+
+
+def test_cel_fallbacks_are_the_schema_defaults(crd: dict[str, Any]) -> None:
+    """`self.?f.orValue(d)` only matters where f is not defaulted yet (the API server's
+    check of a `default: {}`); d must still be f's default, or that check lies."""
+    fallbacks = 0
+    for node, rule in _rule_nodes(_version(crd)["schema"]["openAPIV3Schema"]):
+        for path, value in re.findall(r"self\.\?([\w.?]+?)\.orValue\(([^)]*)\)", rule):
+            field = node
+            for part in path.split(".?"):
+                field = field["properties"][part]
+            assert field["default"] == yaml.safe_load(value), (rule, path)
+            fallbacks += 1
+    assert fallbacks >= 5
 
 
 def test_every_cel_rule_has_a_rejected_case(crd: dict[str, Any]) -> None:
