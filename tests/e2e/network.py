@@ -5,17 +5,30 @@ and sends that name in the ``Host`` header, which the server's ``--allowed-hosts
 must accept. Locally the server listens on 127.0.0.1:<free port>. Rather than rewrite the
 job's tracking URI (which would hide a wrong ``--allowed-hosts``), job processes get
 ``HTTP_PROXY`` pointing here: ``requests`` then sends absolute-URI requests to this proxy,
-which looks the host:port up in the Service table and forwards the request unchanged,
-``Host`` header included. Unknown hosts get 502 (like a name that does not resolve).
-Only plain HTTP (no CONNECT): in-cluster MLflow traffic is plain HTTP.
+which resolves host:port like cluster DNS + kube-proxy (``ServiceResolver``: the real
+Service and its EndpointSlices) and forwards the request unchanged, ``Host`` header
+included. Unknown hosts, or a Service with no ready pod, get 502 (like a name that does
+not resolve, or a connection refused). Only plain HTTP (no CONNECT): in-cluster MLflow
+traffic is plain HTTP. Only the ``<svc>.<ns>[.svc[.cluster.local]]`` forms resolve: the
+short form needs the client's namespace, which a proxy does not know.
+``PortForward`` is the ``kubectl port-forward svc/...`` stand-in.
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+import requests
+
+from tests.support.kubeapi import ApiError, Kube
+
+# (pod IP, container port) -> local port of that pod's container, or None
+LocalPort = Callable[[str, int], "int | None"]
 
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -23,28 +36,51 @@ _HOP_BY_HOP = {
 }
 
 
-class ServiceTable:
-    """``host:port`` (every DNS form of a Service) -> local ``(host, port)``; thread-safe."""
+class ServiceResolver:
+    """``host:port`` of a Service -> the local ``(host, port)`` of one of its ready pods.
 
-    def __init__(self) -> None:
-        self._routes: dict[str, tuple[str, int]] = {}
-        self._lock = threading.Lock()
+    What kube-proxy does, from the same objects: the Service's port, then the
+    EndpointSlices the real endpointslice controller wrote (ready endpoints only), then the
+    pod IP and target port, which the process runner maps to the pod's local port.
+    """
 
-    def set_service(self, name: str, namespace: str, port: int, local_port: int, domain: str = "cluster.local") -> None:
-        with self._lock:
-            for host in (name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.{domain}"):
-                self._routes[f"{host}:{port}"] = ("127.0.0.1", local_port)
-                if port == 80:
-                    self._routes[host] = ("127.0.0.1", local_port)
+    def __init__(self, kube: Kube, local_port: LocalPort, domain: str = "cluster.local") -> None:
+        self.kube, self.local_port, self.domain = kube, local_port, domain
 
     def lookup(self, hostport: str) -> tuple[str, int] | None:
-        with self._lock:
-            return self._routes.get(hostport.lower())
+        host, _, port_text = hostport.lower().rpartition(":")
+        if not port_text.isdigit():
+            host, port_text = hostport.lower(), "80"
+        parts = host.removesuffix(f".svc.{self.domain}").removesuffix(".svc").split(".")
+        if len(parts) != 2:  # <svc>.<ns>[.svc[.cluster.local]]: the forms a pod's resolver completes
+            return None
+        name, namespace = parts
+        try:
+            service = self.kube.get("v1/services", namespace, name)
+            slices = self.kube.list("discovery.k8s.io/v1/endpointslices", namespace,
+                                    labels=f"kubernetes.io/service-name={name}") if service else []
+        except (ApiError, requests.RequestException):
+            return None
+        if service is None:
+            return None
+        port = next((p for p in service["spec"].get("ports", []) if p["port"] == int(port_text)), None)
+        if port is None:
+            return None
+        for piece in slices:
+            target = next((p["port"] for p in piece.get("ports") or [] if p.get("name", "") == port.get("name", "")),
+                          None)
+            for endpoint in piece.get("endpoints") or []:
+                if target is None or not (endpoint.get("conditions") or {}).get("ready"):
+                    continue
+                local = self.local_port(endpoint["addresses"][0], target)
+                if local is not None:
+                    return ("127.0.0.1", local)
+        return None
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    table: ServiceTable
+    table: ServiceResolver
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         pass  # request lines would go to stderr of the test run
@@ -108,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
 class ServiceProxy:
     """Runs the proxy on 127.0.0.1:<free port> in a daemon thread."""
 
-    def __init__(self, table: ServiceTable) -> None:
+    def __init__(self, table: ServiceResolver) -> None:
         handler = type("Handler", (_Handler,), {"table": table})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
@@ -127,3 +163,66 @@ class ServiceProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class PortForward:
+    """``kubectl port-forward svc/<name> <port>``: a local TCP port to a ready pod of a Service.
+
+    The pod is picked per connection, so the forward survives a rollout (kubectl's does
+    not: it sticks to one pod). Raw TCP, like kubectl's.
+    """
+
+    def __init__(self, resolver: ServiceResolver, service: str, namespace: str, port: int) -> None:
+        self.resolver, self.target = resolver, f"{service}.{namespace}.svc:{port}"
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._thread = threading.Thread(target=self._accept, name="port-forward", daemon=True)
+        self._closed = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def __enter__(self) -> PortForward:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        backend = self.resolver.lookup(self.target)
+        if backend is None:
+            client.close()  # no ready pod: the connection is refused, as kubectl's would be
+            return
+        try:
+            upstream = socket.create_connection(backend, timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+        _pipe(client, upstream)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()

@@ -1,11 +1,11 @@
-"""The remap rules of the harness as pure functions (the rules: tests/e2e/kubelet.py)."""
+"""The harness's remaps as pure functions (the rules: tests/e2e/kubelet.py): ports and
+wildcard bind hosts (rule 4), and Kubernetes ``$(VAR)`` expansion."""
 
 from __future__ import annotations
 
 import re
 import socket
 from collections.abc import Mapping
-from pathlib import Path
 
 _ANY_HOST = {"0.0.0.0", "::", "[::]"}
 
@@ -14,20 +14,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def remap_paths(text: str, mounts: list[tuple[str, Path]]) -> str:
-    """Rewrite container mount paths in ``text`` to their local twins (rule 1).
-
-    One pass with one alternation (longest path first): the local twins usually live
-    under /tmp, itself a mount path, and must not be rewritten again.
-    """
-    table = {m.rstrip("/"): str(local) for m, local in mounts if m.rstrip("/")}
-    if not table:
-        return text
-    alternatives = "|".join(re.escape(m) for m in sorted(table, key=len, reverse=True))
-    pattern = re.compile(r"(?<![\w.\-])(" + alternatives + r")(?=/|$|[^\w.\-])")
-    return pattern.sub(lambda match: table[match.group(1)], text)
 
 
 def expand_vars(text: str, env: Mapping[str, str]) -> str:

@@ -1,9 +1,15 @@
-"""The whole product on one machine: API server (emulator), operator, and what it renders.
+"""The whole product on one machine, on the real control plane: shared by the e2e tests
+and the demo so both exercise one code path.
 
-Shared by the e2e test and the demo so both exercise one code path:
-``Stack(api_url, root)`` + ``start_operator()`` + ``apply_server()`` + ``bring_up()`` gives
-a running MLflow server made from the operator's own Job and Deployment; ``run_job()``
-runs the sample training job (``tests.e2e.sample_job``) as a pod.
+``Stack(admin, root, namespaces)`` is the node side of a cluster: a ``Node`` that binds
+the pods of ``namespaces`` and a ``ProcessRunner`` that runs them as sandboxed local
+processes (tests/e2e/kubelet.py lists what is faithful and what is remapped), plus the
+Service proxy (cluster DNS + kube-proxy). ``start_operator()`` runs `mlflow-operator run`;
+``apply_server()`` + ``wait_ready()`` give a running MLflow server made by the real
+Deployment/ReplicaSet controllers from the operator's Deployment, after the real Job
+controller ran its migration Job; ``run_job()`` runs the sample training job
+(``tests.e2e.sample_job``) and waits for the Job controller's verdict. Nothing here plays a
+controller.
 """
 
 from __future__ import annotations
@@ -13,80 +19,102 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from tests.e2e import kubelet, sample_job
-from tests.e2e.cluster import LocalCluster, ServerPod, template_hash, wait_for
+import yaml
 
-GROUP_PATH = "/apis/mlflow-operator.dev/v1alpha1"
-OPERATOR_NS, OPERATOR_SA = "mlflow-operator", "mlflow-operator"
+from tests.e2e import sample_job
+from tests.e2e.network import PortForward, ServiceProxy, ServiceResolver
+from tests.e2e.process_runner import PodRun, ProcessRunner
+from tests.support.kubeapi import ApiError, Kube
+from tests.support.node import Node
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "mlflowservers.yaml"
+MLFLOW = "mlflow-operator.dev/v1alpha1/mlflowservers"
 Say = Callable[[str], None]
+T = TypeVar("T")
 
 
-def cr_path(namespace: str, name: str | None = None) -> str:
-    base = f"{GROUP_PATH}/namespaces/{namespace}/mlflowservers"
-    return f"{base}/{name}" if name else base
+def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.3) -> T:
+    """Poll ``fn`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def install_crd(admin: Kube) -> None:
+    """`kubectl apply -f crds/mlflowservers.yaml`, then wait until the API serves it."""
+    for doc in yaml.safe_load_all(CRD_FILE.read_text()):
+        if doc:
+            admin.apply(doc, manager="e2e")
+    wait_for("the MLflowServer CRD to be served", lambda: _established(admin), 30)
+
+
+def _established(admin: Kube) -> bool:
+    crd = admin.get("apiextensions.k8s.io/v1/customresourcedefinitions", None, "mlflowservers.mlflow-operator.dev")
+    conditions = ((crd or {}).get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
 class Stack:
-    def __init__(self, api_url: str, root: Path, say: Say = lambda _msg: None) -> None:
-        self.root = root
-        self.say = say
-        self.cluster = LocalCluster(api_url, root)
+    def __init__(self, admin: Kube, kubeconfig: Path, root: Path, namespaces: Iterable[str],
+                 say: Say = lambda _msg: None) -> None:
+        self.admin, self.kubeconfig, self.root, self.say = admin, kubeconfig, root, say
+        self.runner = ProcessRunner(admin, root)
+        self.resolver = ServiceResolver(admin, self.runner.local_port)
+        self.proxy = ServiceProxy(self.resolver)
+        self.runner.kubelet.proxy_url = self.proxy.url
+        self.node = Node(admin, f"e2e-{root.name}"[:60].lower().replace("_", "-"),
+                         namespaces=set(namespaces), runner=self.runner)
         self.operator: subprocess.Popen[bytes] | None = None
         self.operator_log = root / "logs" / "operator.log"
 
     def __enter__(self) -> Stack:
-        self.cluster.__enter__()
+        self.proxy.__enter__()
+        self.node.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop_operator()
-        self.cluster.__exit__()
+        self.node.stop()  # stops every pod process
+        self.proxy.__exit__()
 
     # -- objects -------------------------------------------------------------------
 
-    def ensure(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def ensure(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create unless it exists (several jobs share one ServiceAccount)."""
-        existing = self.cluster.get(f"{path}/{body['metadata']['name']}")
-        return existing if existing is not None else self.cluster.create(path, body)
-
-    def service_account(self, namespace: str, name: str) -> dict[str, Any]:
-        return self.ensure(f"/api/v1/namespaces/{namespace}/serviceaccounts",
-                           sample_job.service_account(namespace, name))
-
-    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """`kubectl create` for the kinds the examples use."""
-        kind, meta = obj["kind"], obj["metadata"]
-        ns = meta.get("namespace", "default")
-        paths = {
-            "ServiceAccount": f"/api/v1/namespaces/{ns}/serviceaccounts",
-            "ConfigMap": f"/api/v1/namespaces/{ns}/configmaps",
-            "Secret": f"/api/v1/namespaces/{ns}/secrets",
-            "Job": f"/apis/batch/v1/namespaces/{ns}/jobs",
-            "MLflowServer": cr_path(ns),
-        }
-        if kind not in paths:
-            raise ValueError(f"the harness cannot apply kind {kind}")
-        return self.ensure(paths[kind], dict(obj))
+        try:
+            return self.admin.create(_resource(obj), dict(obj))
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+            meta = obj["metadata"]
+            return self.admin.get(_resource(obj), meta.get("namespace"), meta["name"]) or {}
 
     def apply_file(self, path: Path) -> list[dict[str, Any]]:
-        import yaml
+        """`kubectl create -f` for a manifest file (what exists already is kept)."""
+        return [self.ensure(doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
-        return [self.apply(doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    def service_account(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.ensure(sample_job.service_account(namespace, name))
 
     def apply_server(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        body = {"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
-                "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
-        return self.cluster.create(cr_path(namespace), body)
+        return self.admin.create(MLFLOW, {"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
+                                          "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)})
 
     def patch_server(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        return self.cluster.patch(cr_path(namespace, name), {"spec": dict(spec)})
+        return self.admin.patch(MLFLOW, namespace, name, {"spec": dict(spec)})
 
     def server(self, namespace: str, name: str) -> dict[str, Any]:
-        obj = self.cluster.get(cr_path(namespace, name))
+        obj = self.admin.get(MLFLOW, namespace, name)
         if obj is None:
             raise LookupError(f"MLflowServer {namespace}/{name} not found")
         return obj
@@ -97,16 +125,12 @@ class Stack:
     # -- operator ------------------------------------------------------------------
 
     def start_operator(self, namespaces: list[str]) -> None:
-        """`mlflow-operator run` as its own process, logged in as its ServiceAccount."""
-        self.service_account(OPERATOR_NS, OPERATOR_SA)
-        kubeconfig = self.root / "operator.kubeconfig"
-        token = self.cluster.request_token(OPERATOR_NS, OPERATOR_SA, [], 24 * 3600)
-        kubelet.write_kubeconfig(kubeconfig, self.cluster.api_url, token, OPERATOR_NS)
+        """`mlflow-operator run` as its own process, with the admin kubeconfig."""
         argv = [str(Path(sys.executable).with_name("mlflow-operator")), "run", "--standalone",
                 "--log-format", "plain", "--resync-seconds", "5", "--watch-timeout", "30"]
         for ns in namespaces:
             argv += ["--namespace", ns]
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         env.pop("MLFLOW_TRACKING_URI", None)
         self.operator_log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.operator_log, "ab") as log:
@@ -128,52 +152,79 @@ class Stack:
             tail = self.operator_log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"the operator exited with {self.operator.returncode}:\n{tail}")
 
-    # -- bringing servers up ---------------------------------------------------------
+    # -- servers ---------------------------------------------------------------------
 
-    def bring_up(self, namespace: str, name: str, timeout: float = 240) -> tuple[dict[str, Any], ServerPod]:
-        """Play the cluster until the MLflowServer reports Ready; return its status and pod."""
-        deadline = time.monotonic() + timeout
-        while True:
+    def wait_ready(self, namespace: str, name: str, timeout: float = 240) -> dict[str, Any]:
+        """Wait until the MLflowServer reports Ready for its current generation; its status."""
+        def ready() -> dict[str, Any] | None:
             self.check_operator()
-            self.cluster.sync(namespace, self.say, owner=name)
-            status = self.status(namespace, name)
-            pod = self.cluster.pods.get((namespace, name))
-            if status.get("phase") == "Ready" and pod is not None and \
-                    status.get("observedGeneration") == self.server(namespace, name)["metadata"].get("generation"):
-                return status, pod
+            server = self.server(namespace, name)
+            status = server.get("status") or {}
             if status.get("phase") == "Degraded":
                 raise RuntimeError(f"MLflowServer {namespace}/{name} is Degraded: {status.get('conditions')}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"MLflowServer {namespace}/{name} not Ready after {timeout:.0f}s; status: {status}")
-            time.sleep(0.5)
+            current = status.get("observedGeneration") == server["metadata"].get("generation")
+            return status if current and status.get("phase") == "Ready" else None
 
-    def wait_for_rollout_trigger(self, namespace: str, name: str, old_revision: str, timeout: float = 60) -> dict[str, Any]:
-        """Wait until the operator changed the Deployment's pod template; return the new template."""
-        def changed() -> dict[str, Any] | None:
-            self.check_operator()
-            dep = self.cluster.read_object("Deployment", namespace, name)
-            template = (dep or {}).get("spec", {}).get("template")
-            return template if template and template_hash(template) != old_revision else None
+        try:
+            return wait_for(f"MLflowServer {namespace}/{name} to be Ready", ready, timeout, 0.5)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; status: {self.status(namespace, name)}; pods: "
+                               f"{[(p.name, p.ip) for p in self.runner.running(namespace)]}") from None
 
-        return wait_for(f"Deployment {namespace}/{name} to get a new pod template", changed, timeout)
+    def server_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The server's Pods as the API server has them (made by the real ReplicaSet controller)."""
+        return self.admin.list("v1/pods", namespace,
+                               labels=f"app.kubernetes.io/instance={name},app.kubernetes.io/component=server")
+
+    def port_forward(self, namespace: str, service: str, port: int = 5000) -> PortForward:
+        """`kubectl port-forward svc/<service> <port>`; use as a context manager."""
+        return PortForward(self.resolver, service, namespace, port)
+
+    def client_env(self) -> dict[str, str]:
+        """Env for a process in the role of an in-cluster client (Service URLs work)."""
+        return {"HTTP_PROXY": self.proxy.url, "http_proxy": self.proxy.url,
+                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
     # -- jobs ----------------------------------------------------------------------
 
-    def run_job(
-        self, namespace: str, name: str, *, service_account: str, tracking_uri: str, audience: str,
-        experiment: str = "sample-training",
-    ) -> dict[str, Any]:
-        """Create the sample Job (+ its ConfigMap), run its pod, return the script's JSON verdict."""
+    def wait_job(self, namespace: str, name: str, timeout: float = 180) -> tuple[bool, str]:
+        """Wait for the Job controller's verdict; (succeeded, the last pod's log)."""
+        def finished() -> tuple[bool] | None:
+            self.check_operator()
+            job = self.admin.get("batch/v1/jobs", namespace, name) or {}
+            for condition in (job.get("status") or {}).get("conditions") or []:
+                if condition["type"] in ("Complete", "Failed") and condition["status"] == "True":
+                    return (condition["type"] == "Complete",)
+            return None
+
+        (ok,) = wait_for(f"Job {namespace}/{name} to finish", finished, timeout, 0.5)
+        pods = self.admin.list("v1/pods", namespace, labels=f"job-name={name}")
+        pods.sort(key=lambda p: p["metadata"]["creationTimestamp"])
+        log = self.runner.logs(namespace, pods[-1]["metadata"]["name"]) if pods else ""
+        return ok, log
+
+    def run_job(self, namespace: str, name: str, *, service_account: str, tracking_uri: str, audience: str,
+                experiment: str = "sample-training") -> dict[str, Any]:
+        """Create the sample Job (+ its ConfigMap), wait for it, return the script's JSON verdict."""
         self.service_account(namespace, service_account)
         for obj in sample_job.job_objects(name=name, namespace=namespace, service_account_name=service_account,
                                           tracking_uri=tracking_uri, audience=audience, experiment=experiment):
-            plural = "configmaps" if obj["kind"] == "ConfigMap" else "jobs"
-            prefix = "/api/v1" if obj["kind"] == "ConfigMap" else "/apis/batch/v1"
-            self.cluster.create(f"{prefix}/namespaces/{namespace}/{plural}", obj)
-        code, log = self.cluster.run_job(namespace, name, timeout=180)
+            self.admin.create(_resource(obj), obj, namespace)
+        ok, log = self.wait_job(namespace, name)
         lines = [line for line in log.splitlines() if line.startswith("{")]
         if not lines:
-            raise RuntimeError(f"job {namespace}/{name} printed no verdict (exit {code}):\n{log[-3000:]}")
-        verdict = json.loads(lines[-1])
-        verdict["exit_code"] = code
+            raise RuntimeError(f"job {namespace}/{name} printed no verdict (succeeded={ok}):\n{log[-3000:]}")
+        verdict = dict(json.loads(lines[-1]))
+        verdict["succeeded"] = ok
         return verdict
+
+    def pod_runs(self, namespace: str, prefix: str = "") -> list[PodRun]:
+        return self.runner.running(namespace, prefix)
+
+
+def _resource(obj: Mapping[str, Any]) -> str:
+    from tests.support.kubeapi import resource_of
+
+    if obj["kind"] == "MLflowServer":
+        return MLFLOW
+    return resource_of(dict(obj))

@@ -1,29 +1,35 @@
-"""End to end: the operator's own Job and Deployment serve MLflow; jobs log with their token.
+"""End to end on the real control plane: the operator's own Job and Deployment serve
+MLflow; jobs log with their ServiceAccount token.
 
-One emulated cluster for the module: the real operator process (`mlflow-operator run`)
-reconciles an MLflowServer; the harness runs the migration Job and the Deployment the
-operator rendered as local processes (tests/e2e/kubelet.py lists every remap); the
-real `mlflow` client in a Job pod logs with a projected ServiceAccount token. Tests run
-in file order: the last one changes the policy and rolls the server.
+The real operator process (`mlflow-operator run`) reconciles an MLflowServer; the real
+Job controller runs its migration Job and the real Deployment/ReplicaSet controllers its
+server, whose pods the process kubelet (tests/e2e/kubelet.py) runs sandboxed with their
+securityContext; the real `mlflow` client in a Job pod logs with a projected token from
+the TokenRequest API, and the server checks it with a TokenReview made as its own
+rendered ServiceAccount. Tests run in file order: the last ones change the policy and
+roll the server.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import ServerPod, wait_for
-from tests.e2e.emulator import EmulatorThread
-from tests.e2e.stack import Stack
+from tests.conftest import unique_namespace
+from tests.e2e.process_runner import PodRun
+from tests.e2e.stack import Stack, install_crd, wait_for
+from tests.support.controlplane import ControlPlane
+from tests.support.kubeapi import Kube
 from tests.support.postgres import create_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-NS, OTHER_NS, NAME = "team-a", "team-b", "mlflow"
+NS, OTHER_NS, NAME = unique_namespace("team-a"), unique_namespace("team-b"), "mlflow"
 ADMIN_SA = "admin-bot"
 # one worker: the machine running CI is small; everything else is the default
 SPEC: dict[str, Any] = {"auth": {"adminServiceAccounts": [f"{NS}:{ADMIN_SA}"]}, "server": {"workers": 1}}
@@ -31,89 +37,141 @@ CHECKSUM = "mlflow-operator.dev/config-checksum"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(admin: Kube, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("e2e")
-    with EmulatorThread() as emulator, Stack(emulator.url, root) as stack:
-        stack.start_operator([NS, OTHER_NS])
-        yield stack
-        # Whatever happened, no secret reached a log line and nothing crashed.
-        _assert_clean_logs(stack, root)
+    install_crd(admin)
+    for ns in (NS, OTHER_NS):
+        admin.create_namespace(ns)
+    try:
+        with Stack(admin, control_plane.kubeconfig, root, [NS, OTHER_NS]) as stack:
+            stack.start_operator([NS, OTHER_NS])
+            yield stack
+            # Whatever happened, no secret reached a log line and nothing crashed.
+            _assert_clean_logs(stack, root)
+    finally:
+        for ns in (NS, OTHER_NS):
+            admin.delete("v1/namespaces", None, ns)
 
 
 @pytest.fixture(scope="module")
-def served(stack: Stack) -> tuple[dict[str, Any], ServerPod]:
+def served(stack: Stack) -> dict[str, Any]:
     stack.apply_server(NS, NAME, SPEC)
-    return stack.bring_up(NS, NAME)
+    return stack.wait_ready(NS, NAME)
+
+
+def _server_run(stack: Stack, name: str = NAME) -> PodRun:
+    runs = [r for r in stack.pod_runs(NS, f"{name}-") if "-migrate-" not in r.name and r.containers]
+    assert len(runs) == 1, [r.name for r in runs]
+    return runs[0]
+
+
+def test_operator_status_names_url_audience_and_admin_secret(stack: Stack, served: dict[str, Any]) -> None:
+    status = served
+    assert status["phase"] == "Ready"
+    assert status["url"] == f"http://{NAME}.{NS}.svc:5000"
+    assert status["audience"] == f"https://{NAME}.{NS}.svc"
+    assert status["adminSecret"]
+    # the real Job controller ran the migration, the real Deployment controller the server
+    jobs = stack.admin.list("batch/v1/jobs", NS)
+    migration = [j for j in jobs if "-migrate-" in j["metadata"]["name"]]
+    assert migration and all(j["status"].get("succeeded") == 1 for j in migration)
+    deployment = stack.admin.get("apps/v1/deployments", NS, NAME)
+    assert deployment is not None and deployment["status"]["availableReplicas"] == 1
+    (pod,) = [p for p in stack.server_pods(NS, NAME) if p["status"].get("phase") == "Running"]
+    assert pod["spec"]["nodeName"] == stack.node.name
+    assert CHECKSUM in pod["metadata"]["annotations"]
+
+
+def test_server_runs_as_rendered_in_its_sandbox(stack: Stack, served: dict[str, Any]) -> None:
+    """The rendered command, as uid 10001, read-only root, no capabilities, in-cluster config."""
+    run = _server_run(stack)
+    (container,) = run.containers
+    argv = container.prepared.argv
+    command = argv[argv.index("--") + 1:]
+    assert command[:4] == ["mlflow", "server", "--app-name", "k8s-auth"]
+    assert "KUBECONFIG" not in container.prepared.env  # in-cluster config: its own token only
+    assert container.proc is not None
+    server = next(pid for pid in _descendants(container.proc.pid) if "mlflow" in _cmdline(pid))
+    assert re.split(r"\s+", Path(f"/proc/{server}/uid_map").read_text().strip())[0] == "10001"
+    status = Path(f"/proc/{server}/status").read_text()
+    assert re.search(r"^CapEff:\s+0+$", status, re.M) and re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    root = next(line.split() for line in Path(f"/proc/{server}/mountinfo").read_text().splitlines()
+                if line.split()[4] == "/")
+    assert root[5].split(",")[0] == "ro"
+    # its identity: the rendered ServiceAccount, allowed TokenReviews by the rendered binding
+    assert run.pod["spec"]["serviceAccountName"] == "mlflow-server"
+    bindings = [b for b in stack.admin.list("rbac.authorization.k8s.io/v1/clusterrolebindings")
+                if {"kind": "ServiceAccount", "name": "mlflow-server", "namespace": NS} in (b.get("subjects") or [])]
+    assert [b["roleRef"]["name"] for b in bindings] == ["system:auth-delegator"]
+
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_job_in_allowed_namespace_logs_params_metrics_artifact(stack: Stack, served: dict[str, Any]) -> None:
+    verdict = stack.run_job(NS, "train", service_account="trainer",
+                            tracking_uri=served["url"], audience=served["audience"])
+    assert verdict["ok"], verdict
+    assert verdict["succeeded"]
+
+
+def test_job_in_other_namespace_is_forbidden(stack: Stack, served: dict[str, Any]) -> None:
+    verdict = stack.run_job(OTHER_NS, "train-denied", service_account="trainer",
+                            tracking_uri=served["url"], audience=served["audience"])
+    assert not verdict["ok"]
+    assert verdict["http_status"] == 403, verdict
+
+
+def test_token_for_another_servers_audience_is_unauthenticated(stack: Stack, served: dict[str, Any]) -> None:
+    stack.apply_server(NS, "other", {"server": {"workers": 1}})
+    try:
+        other = wait_for("the other MLflowServer's audience", lambda: stack.status(NS, "other").get("audience"), 60)
+        assert other != served["audience"]
+        verdict = stack.run_job(NS, "train-wrong-audience", service_account="trainer",
+                                tracking_uri=served["url"], audience=other)
+        assert not verdict["ok"]
+        assert verdict["http_status"] == 401, verdict
+    finally:
+        stack.admin.delete("mlflow-operator.dev/v1alpha1/mlflowservers", NS, "other")
 
 
 @pytest.fixture()
-def as_service_account(stack: Stack, served: tuple[dict[str, Any], ServerPod],
-                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Make this process a job of `namespace/name`: token file + k8s-token auth + cluster DNS."""
-    status, _ = served
-
-    def become(namespace: str, name: str, audience: str | None = None) -> str:
+def as_service_account(stack: Stack, served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Make this process a job of `namespace/name`: TokenRequest token + k8s-token auth + cluster DNS."""
+    def become(namespace: str, name: str) -> str:
         stack.service_account(namespace, name)
-        token = stack.cluster.request_token(namespace, name, [audience or status["audience"]], 3600)
         path = tmp_path / f"{namespace}-{name}.token"
-        path.write_text(token)
+        path.write_text(stack.admin.token_for(namespace, name, [served["audience"]]))
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
             monkeypatch.delenv(key, raising=False)
         monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "k8s-token")
         monkeypatch.setenv("MLFLOW_K8S_TOKEN_PATH", str(path))
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        for key, value in stack.cluster.client_env().items():
+        for key, value in stack.client_env().items():
             monkeypatch.setenv(key, value)
-        return status["url"]
+        return str(served["url"])
 
     return become
-
-
-def _admin_password(stack: Stack, status: dict[str, Any]) -> str:
-    secret = stack.cluster.read_object("Secret", NS, status["adminSecret"])
-    assert secret is not None
-    return base64.b64decode(secret["data"]["password"]).decode()
-
-
-def test_operator_status_names_url_audience_and_admin_secret(stack: Stack, served: tuple[dict[str, Any], ServerPod]) -> None:
-    status, pod = served
-    assert status["phase"] == "Ready"
-    assert status["url"] == f"http://{NAME}.{NS}.svc:5000"
-    assert status["audience"] == f"https://{NAME}.{NS}.svc"
-    assert status["adminSecret"]
-    # what ran is what the operator rendered: its own command, app and config
-    assert pod.running.prepared.argv[:4] == ["mlflow", "server", "--app-name", "k8s-auth"]
-    assert CHECKSUM in pod.annotations
-    jobs = stack.cluster.list(f"/apis/batch/v1/namespaces/{NS}/jobs")
-    migration = [j for j in jobs if "-migrate-" in j["metadata"]["name"]]
-    assert migration and all(j["status"].get("succeeded") == 1 for j in migration)
-
-
-def test_job_in_allowed_namespace_logs_params_metrics_artifact(stack: Stack, served: tuple[dict[str, Any], ServerPod]) -> None:
-    status, _ = served
-    verdict = stack.run_job(NS, "train", service_account="trainer",
-                            tracking_uri=status["url"], audience=status["audience"])
-    assert verdict["ok"], verdict
-    assert verdict["exit_code"] == 0
-
-
-def test_job_in_other_namespace_is_forbidden(stack: Stack, served: tuple[dict[str, Any], ServerPod]) -> None:
-    status, _ = served
-    verdict = stack.run_job(OTHER_NS, "train-denied", service_account="trainer",
-                            tracking_uri=status["url"], audience=status["audience"])
-    assert not verdict["ok"]
-    assert verdict["http_status"] == 403, verdict
-
-
-def test_token_for_another_servers_audience_is_unauthenticated(stack: Stack, served: tuple[dict[str, Any], ServerPod]) -> None:
-    status, _ = served
-    stack.apply_server(NS, "other", {})
-    other = wait_for("the other MLflowServer's audience", lambda: stack.status(NS, "other").get("audience"), 60)
-    assert other != status["audience"]
-    verdict = stack.run_job(NS, "train-wrong-audience", service_account="trainer",
-                            tracking_uri=status["url"], audience=other)
-    assert not verdict["ok"]
-    assert verdict["http_status"] == 401, verdict
 
 
 def test_admin_service_account_manages_namespace_permissions(as_service_account) -> None:
@@ -136,59 +194,54 @@ def test_admin_service_account_manages_namespace_permissions(as_service_account)
     assert denied.value.get_http_status_code() == 403
 
 
-def test_human_admin_logs_in_with_the_generated_password(stack: Stack, served: tuple[dict[str, Any], ServerPod],
+def _admin_password(stack: Stack, status: dict[str, Any]) -> str:
+    secret = stack.admin.get("v1/secrets", NS, status["adminSecret"])
+    assert secret is not None
+    return base64.b64decode(secret["data"]["password"]).decode()
+
+
+def test_human_admin_logs_in_with_the_generated_password(stack: Stack, served: dict[str, Any],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    status, pod = served
-    monkeypatch.delenv("MLFLOW_TRACKING_AUTH", raising=False)
+    for key in ("MLFLOW_TRACKING_AUTH", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", _admin_password(stack, status))
-    # as through `kubectl port-forward`: the pod's port on 127.0.0.1
-    names = [e.name for e in MlflowClient(pod.url).search_experiments()]
-    assert "sample-training" in names
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
-    with pytest.raises(MlflowException) as denied:
-        MlflowClient(pod.url).search_experiments()
-    assert denied.value.get_http_status_code() == 401
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", _admin_password(stack, served))
+    # as through `kubectl port-forward svc/mlflow 5000`
+    with stack.port_forward(NS, NAME, 5000) as forward:
+        names = [e.name for e in MlflowClient(forward.url).search_experiments()]
+        assert "sample-training" in names
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+        with pytest.raises(MlflowException) as denied:
+            MlflowClient(forward.url).search_experiments()
+        assert denied.value.get_http_status_code() == 401
 
 
 def test_changing_allowed_namespaces_rolls_the_server_and_enforces_the_new_policy(
-    stack: Stack, served: tuple[dict[str, Any], ServerPod]
+    stack: Stack, served: dict[str, Any]
 ) -> None:
-    status, pod = served
-    old_checksum = pod.annotations[CHECKSUM]
+    old = _server_run(stack)
+    old_checksum = old.pod["metadata"]["annotations"][CHECKSUM]
     stack.patch_server(NS, NAME, {"auth": {"allowedNamespaces": [NS, OTHER_NS]}})
-    template = stack.wait_for_rollout_trigger(NS, NAME, pod.revision)
-    assert template["metadata"]["annotations"][CHECKSUM] != old_checksum
-    new_status, new_pod = stack.bring_up(NS, NAME)
-    assert new_pod.revision != pod.revision
-    assert pod.running.proc.poll() is not None  # the old pod is gone
-    assert new_pod.url == pod.url  # same local port, as behind a Service
+
+    def rolled() -> dict[str, Any] | None:
+        pods = [p for p in stack.server_pods(NS, NAME) if p["metadata"]["annotations"][CHECKSUM] != old_checksum]
+        ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                        for c in (p.get("status") or {}).get("conditions") or [])]
+        return ready[0] if ready and old.stopping.is_set() else None
+
+    new_pod = wait_for("the Deployment controller to roll the server", rolled, 180, 0.5)
+    assert new_pod["metadata"]["uid"] != old.pod["metadata"]["uid"]
+    assert old.containers[0].exit_code() is not None  # the old pod's process is gone (Recreate)
+    status = stack.wait_ready(NS, NAME)
     # its own experiment: the default permission (READ) does not let it write into team-a's
     verdict = stack.run_job(OTHER_NS, "train-allowed-now", service_account="trainer",
-                            tracking_uri=new_status["url"], audience=new_status["audience"],
-                            experiment="team-b-training")
+                            tracking_uri=status["url"], audience=status["audience"], experiment="team-b-training")
     assert verdict["ok"], verdict
-
-
-def _assert_clean_logs(stack: Stack, root: Path) -> None:
-    secrets = []
-    for ns in (NS,):
-        for secret in stack.cluster.list(f"/api/v1/namespaces/{ns}/secrets"):
-            for key, value in (secret.get("data") or {}).items():
-                if any(word in key for word in ("password", "secret", "token")):
-                    secrets.append(base64.b64decode(value).decode(errors="replace"))
-    tokens = [p.read_text() for p in root.rglob("token") if p.is_file()]
-    for log in (root / "logs").glob("*.log"):
-        text = log.read_text(errors="replace")
-        assert "Traceback (most recent call last)" not in text, f"a traceback in {log.name}"
-        for secret in secrets:
-            assert secret not in text, f"a Secret value appears in {log.name}"
-        for token in tokens:
-            assert token not in text and token.split(".")[-1] not in text, f"a token appears in {log.name}"
 
 
 @pytest.fixture()
@@ -203,19 +256,19 @@ def postgres_databases() -> Iterator[dict[str, str]]:
 
 
 def test_external_postgres_from_secret_refs_is_migrated_and_used(
-    stack: Stack, served: tuple[dict[str, Any], ServerPod], postgres_databases: dict[str, str]
+    stack: Stack, served: dict[str, Any], postgres_databases: dict[str, str]
 ) -> None:
     import psycopg2
 
-    stack.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prod-db", "namespace": NS},
-                 "data": {k: base64.b64encode(v.encode()).decode() for k, v in postgres_databases.items()}})
+    stack.admin.create("v1/secrets", {"metadata": {"name": "prod-db"}, "data": {
+        k: base64.b64encode(v.encode()).decode() for k, v in postgres_databases.items()}}, NS)
     stack.apply_server(NS, "prod", {
         "backendStore": {"uriSecretRef": {"name": "prod-db", "key": "tracking"}},
         "auth": {"authDatabase": {"uriSecretRef": {"name": "prod-db", "key": "auth"}}},
         "server": {"workers": 1},
     })
     try:
-        status, pod = stack.bring_up(NS, "prod")
+        status = stack.wait_ready(NS, "prod")
         verdict = stack.run_job(NS, "train-prod", service_account="trainer",
                                 tracking_uri=status["url"], audience=status["audience"])
         assert verdict["ok"], verdict
@@ -226,6 +279,23 @@ def test_external_postgres_from_secret_refs_is_migrated_and_used(
             cur.execute("SELECT username, is_admin FROM users")
             assert (f"system:serviceaccount:{NS}:trainer", False) in cur.fetchall()
     finally:
-        pod = stack.cluster.pods.pop((NS, "prod"), None)
-        if pod is not None:
-            pod.running.stop()  # release the databases before they are dropped
+        # The garbage collector removes its Deployment and pods; the node stops their
+        # processes, which releases the databases before they are dropped.
+        stack.admin.delete("mlflow-operator.dev/v1alpha1/mlflowservers", NS, "prod")
+        wait_for("the prod server's pods to stop", lambda: not stack.pod_runs(NS, "prod-"), 120, 0.5)
+
+
+def _assert_clean_logs(stack: Stack, root: Path) -> None:
+    secrets = []
+    for secret in stack.admin.list("v1/secrets", NS):
+        for key, value in (secret.get("data") or {}).items():
+            if any(word in key for word in ("password", "secret", "token")):
+                secrets.append(base64.b64decode(value).decode(errors="replace"))
+    tokens = [p.read_text() for p in root.rglob("token") if p.is_file()]
+    for log in (root / "logs").glob("*.log"):
+        text = log.read_text(errors="replace")
+        assert "Traceback (most recent call last)" not in text, f"a traceback in {log.name}"
+        for secret in secrets:
+            assert secret not in text, f"a Secret value appears in {log.name}"
+        for token in tokens:
+            assert token not in text and token.split(".")[-1] not in text, f"a token appears in {log.name}"

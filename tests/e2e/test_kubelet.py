@@ -1,109 +1,217 @@
-"""The kubelet harness on what the operator really renders (render_all), stored in the emulator."""
+"""The process kubelet (tests/e2e/kubelet.py, process_runner.py, sandbox.py) on the real
+control plane: pods made by the real Job and ReplicaSet controllers run as local
+processes with their securityContext enforced by bubblewrap."""
 
 from __future__ import annotations
 
-import configparser
-import secrets
+import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from mlflow_operator.model import GeneratedSecrets, ServerRef, parse_spec
-from mlflow_operator.render import render_all
+import jwt
+import pytest
+import requests
 
-from tests.e2e.cluster import LocalCluster
-from tests.support.kube import KubeEmulator
+from tests.conftest import unique_namespace
+from tests.e2e.stack import Stack, wait_for
+from tests.support.controlplane import API_AUDIENCE, ControlPlane
+from tests.support.kubeapi import Kube
 
-PLURALS = {"Secret": "secrets", "ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts",
-           "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims"}
+pytestmark = [pytest.mark.timeout(180)]
 
-
-def _store(kube: KubeEmulator, ns: str, spec: dict) -> dict[str, dict]:
-    ref = ServerRef(name="mlflow", namespace=ns, uid="u-1")
-    generated = GeneratedSecrets(flask_secret_key=secrets.token_hex(16), admin_password=secrets.token_hex(12))
-    objects = {}
-    for obj in render_all(ref, parse_spec(spec), generated):
-        objects[obj["kind"]] = obj
-        if obj["kind"] in PLURALS:
-            kube.create(f"v1/{PLURALS[obj['kind']]}", obj, namespace=ns)
-    return objects
-
-
-def test_rendered_server_pod_is_materialised_with_remapped_paths_ports_and_secrets(
-    kube: KubeEmulator, tmp_path: Path,
-) -> None:
-    objects = _store(kube, "team-a", {})
-    cluster = LocalCluster(kube.url, tmp_path)
-    template = objects["Deployment"]["spec"]["template"]
-    plan = cluster.kubelet.prepare("mlflow-x", "team-a", template["spec"], template["metadata"])
-    (server,) = plan.main
-    local_port = server.local_port("http")
-    assert server.argv[:4] == ["mlflow", "server", "--app-name", "k8s-auth"]
-    assert server.argv[server.argv.index("--port") + 1] == str(local_port)
-    assert server.argv[server.argv.index("--host") + 1] == "127.0.0.1"
-    data = server.argv[server.argv.index("--artifacts-destination") + 1]
-    assert data.startswith(str(tmp_path)) and data.endswith("/data/artifacts")
-    # env from secretKeyRef, with the sqlite path on the (shared, per-claim) PVC remapped
-    assert server.env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{plan.pod_dir}/rootfs/mlflow/data/mlflow.db"
-    assert server.env["MLFLOW_AUTH_ADMIN_PASSWORD"]
-    assert server.env["HOME"] == f"{plan.pod_dir}/rootfs/mlflow/tmp"
-    assert Path(server.env["KUBECONFIG"]).is_file()
-    # the ini from the config Secret, mounted read-only, names the remapped auth DB
-    ini = configparser.ConfigParser()
-    ini.read(server.env["MLFLOW_AUTH_CONFIG_PATH"])
-    assert ini["mlflow"]["database_uri"] == f"sqlite:///{plan.pod_dir}/rootfs/mlflow/data/auth.db"
-    assert ini["mlflow"]["authorization_function"] == "mlflow_k8s_auth.authn:authenticate_request"
-    assert Path(server.env["MLFLOW_AUTH_CONFIG_PATH"]).stat().st_mode & 0o777 == 0o440
-    assert (Path(server.cwd) / "..").resolve().exists()
+# What the pod prints about itself: identity, capabilities, and which writes fail.
+PROBE = """
+import json, os
+def attempt(path):
+    try:
+        with open(path, "w") as fh:
+            fh.write("x")
+        return "ok"
+    except OSError as exc:
+        return exc.strerror
+status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
+print(json.dumps({
+    "uid": os.getuid(), "gid": os.getgid(), "cap_eff": status["CapEff"].strip(),
+    "no_new_privs": status["NoNewPrivs"].strip(),
+    "write_tmp": attempt("/tmp/x"), "write_root": attempt("/x"), "write_etc": attempt("/etc/x"),
+    "write_venv": attempt(os.environ["VENV"] + "/x"), "write_config": attempt("/config/x"),
+    "config": open("/config/greeting").read(), "tmp_entries": sorted(os.listdir("/tmp")),
+    "sa_files": sorted(os.listdir("/var/run/secrets/kubernetes.io/serviceaccount")),
+}))
+"""
 
 
-def test_rendered_migration_job_runs_init_container_then_auth_upgrade(kube: KubeEmulator, tmp_path: Path) -> None:
-    objects = _store(kube, "team-a", {})
-    cluster = LocalCluster(kube.url, tmp_path)
-    template = objects["Job"]["spec"]["template"]
-    plan = cluster.kubelet.prepare("migrate-x", "team-a", template["spec"], template["metadata"])
-    assert [p.container for p in plan.init] == ["migrate-tracking"]
-    assert plan.init[0].argv[:3] == ["mlflow", "db", "upgrade"]
-    # $(VAR) expanded from the Secret, then remapped onto the claim's directory
-    assert plan.init[0].argv[3] == f"sqlite:///{plan.pod_dir}/rootfs/migrate-tracking/data/mlflow.db"
-    assert plan.main[0].argv[-1] == f"sqlite:///{plan.pod_dir}/rootfs/migrate-auth/data/auth.db"
-    # both containers see the same claim directory
-    a = Path(plan.init[0].argv[3].removeprefix("sqlite:///")).parent.resolve()
-    b = Path(plan.main[0].argv[-1].removeprefix("sqlite:///")).parent.resolve()
-    assert a == b == (tmp_path / "pvc" / "team-a" / "mlflow-data").resolve()
+@pytest.fixture(scope="module")
+def namespace(admin: Kube) -> Iterator[str]:
+    """One namespace for the module (each test names its own objects): the Node's watches
+    take up to 20 s to wind down, once per Stack."""
+    name = unique_namespace("kubelet")
+    admin.create_namespace(name)
+    yield name
+    admin.delete("v1/namespaces", None, name)
 
 
-def test_job_pod_gets_a_projected_token_with_the_requested_audience(kube: KubeEmulator, tmp_path: Path) -> None:
-    import jwt
-    import pytest
-
-    from tests.e2e import sample_job
-    from tests.e2e.kubelet import PodError
-
-    cluster = LocalCluster(kube.url, tmp_path)
-    configmap, job = sample_job.job_objects(name="train", namespace="team-a", service_account_name="trainer",
-                                            tracking_uri="http://mlflow.team-a.svc:5000", audience="https://aud")
-    kube.create("v1/configmaps", configmap, namespace="team-a")
-    spec = job["spec"]["template"]["spec"]
-    with pytest.raises(PodError, match="ServiceAccount team-a/trainer not found"):
-        cluster.kubelet.prepare("train-x", "team-a", spec)
-    uid = kube.create_service_account("team-a", "trainer")
-    (ctr,) = cluster.kubelet.prepare("train-x", "team-a", spec).main
-    claims = jwt.decode(Path(ctr.env["MLFLOW_K8S_TOKEN_PATH"]).read_text(), options={"verify_signature": False})
-    assert claims["aud"] == ["https://aud"]
-    assert claims["sub"] == "system:serviceaccount:team-a:trainer"
-    assert claims["kubernetes.io"]["serviceaccount"]["uid"] == uid
-    assert ctr.argv == ["python", str(Path(ctr.pod_dir) / "rootfs/train/app/train.py")]
-    # rule 1 covers file contents too: the script's own mention of /app/train.py is remapped
-    assert Path(ctr.argv[1]).read_text() == sample_job.SCRIPT.read_text().replace("/app/train.py", ctr.argv[1])
-    assert ctr.env["MLFLOW_TRACKING_URI"] == "http://mlflow.team-a.svc:5000"  # untouched: DNS is rule 5
+@pytest.fixture(scope="module")
+def stack(admin: Kube, control_plane: ControlPlane, namespace: str,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(admin, control_plane.kubeconfig, tmp_path_factory.mktemp("kubelet"), [namespace]) as stack:
+        admin.create("v1/configmaps", {"metadata": {"name": "greeting"}, "data": {"greeting": "hello"}}, namespace)
+        yield stack
 
 
-def test_missing_secret_key_is_a_clear_pod_error(kube: KubeEmulator, tmp_path: Path) -> None:
-    import pytest
+def _job(name: str, command: list[str], *, pod_security: dict[str, Any], security: dict[str, Any],
+         env: list[dict[str, Any]] | None = None, config: str = "greeting") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"backoffLimit": 0, "template": {"spec": {
+        "restartPolicy": "Never", "securityContext": pod_security,
+        "containers": [{"name": "c", "image": "this-venv", "command": command, "env": env or [],
+                        "securityContext": security,
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                                         {"name": "config", "mountPath": "/config"}]}],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "config", "configMap": {"name": config}}]}}}}
 
-    from tests.e2e.kubelet import PodError
 
-    objects = _store(kube, "team-a", {})
-    kube.delete("v1/secrets", "team-a", "mlflow-admin")
-    template = objects["Deployment"]["spec"]["template"]
-    with pytest.raises(PodError, match="Secret team-a/mlflow-admin not found"):
-        LocalCluster(kube.url, tmp_path).kubelet.prepare("mlflow-x", "team-a", template["spec"])
+def _verdict(log: str) -> dict[str, Any]:
+    return dict(json.loads([line for line in log.splitlines() if line.startswith("{")][-1]))
+
+
+def test_security_context_is_enforced(stack: Stack, admin: Kube, namespace: str) -> None:
+    import sys
+
+    admin.create("batch/v1/jobs", _job(
+        "probe", ["python", "-c", PROBE],
+        pod_security={"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10002},
+        security={"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        env=[{"name": "VENV", "value": str(Path(sys.executable).parents[1])}]), namespace)
+    ok, log = stack.wait_job(namespace, "probe", timeout=90)
+    assert ok, log
+    seen = _verdict(log)
+    assert (seen["uid"], seen["gid"]) == (10001, 10002)
+    assert seen["cap_eff"] == "0000000000000000"
+    assert seen["no_new_privs"] == "1"
+    assert seen["write_tmp"] == "ok"  # the emptyDir
+    # read-only root filesystem, this machine's directories, and the ConfigMap volume
+    assert seen["write_root"] == seen["write_etc"] == seen["write_venv"] == "Read-only file system"
+    assert seen["write_config"] == "Read-only file system"
+    assert seen["config"] == "hello"
+    assert seen["tmp_entries"] == ["x"]  # the emptyDir, not this machine's /tmp
+    assert seen["sa_files"] == ["ca.crt", "namespace", "token"]
+
+
+def test_writable_root_filesystem_when_not_read_only(stack: Stack, admin: Kube, namespace: str) -> None:
+    script = "open('/scratch', 'w').write('x'); print('wrote /scratch')"
+    admin.create("batch/v1/jobs", _job("rw", ["python", "-c", script], pod_security={"runAsUser": 1000},
+                                       security={"readOnlyRootFilesystem": False}), namespace)
+    ok, log = stack.wait_job(namespace, "rw", timeout=90)
+    assert ok and "wrote /scratch" in log, log
+
+
+def _waiting(admin: Kube, namespace: str, prefix: str) -> dict[str, Any] | None:
+    for pod in admin.list("v1/pods", namespace):
+        if pod["metadata"]["name"].startswith(prefix):
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                if "waiting" in status["state"] and status["state"]["waiting"].get("message"):
+                    return dict(status["state"]["waiting"])
+    return None
+
+
+def test_run_as_non_root_without_a_user_does_not_start(stack: Stack, admin: Kube, namespace: str) -> None:
+    admin.create("batch/v1/jobs", _job("root", ["python", "-c", "print('ran')"],
+                                       pod_security={"runAsNonRoot": True}, security={}), namespace)
+    waiting = wait_for("the pod to be refused", lambda: _waiting(admin, namespace, "root-"), 60)
+    assert waiting["reason"] == "CreateContainerConfigError"
+    assert "runAsNonRoot" in waiting["message"]
+
+
+def test_missing_configmap_keeps_the_pod_pending_until_it_exists(stack: Stack, admin: Kube, namespace: str) -> None:
+    admin.create("batch/v1/jobs", _job("late", ["python", "-c", "print(open('/config/greeting').read())"],
+                                       pod_security={"runAsUser": 1000}, security={}, config="late"), namespace)
+    waiting = wait_for("the pod to wait for its ConfigMap", lambda: _waiting(admin, namespace, "late-"), 60)
+    assert waiting == {"reason": "CreateContainerConfigError",
+                       "message": f"ConfigMap {namespace}/late not found"}
+    admin.create("v1/configmaps", {"metadata": {"name": "late"}, "data": {"greeting": "at last"}}, namespace)
+    ok, log = stack.wait_job(namespace, "late", timeout=90)
+    assert ok and "at last" in log
+
+
+def test_failing_job_pod_reports_its_exit_code(stack: Stack, admin: Kube, namespace: str) -> None:
+    admin.create("batch/v1/jobs", _job("fail", ["python", "-c", "raise SystemExit(3)"],
+                                       pod_security={"runAsUser": 1000}, security={}), namespace)
+    ok, _ = stack.wait_job(namespace, "fail", timeout=90)
+    assert not ok  # the real Job controller: backoffLimit 0, one failed pod
+    (pod,) = admin.list("v1/pods", namespace, labels="job-name=fail")
+    assert pod["status"]["phase"] == "Failed"
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+
+
+ECHO = """
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Echo(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"host": self.headers["Host"], "path": self.path, "pod": os.environ["POD"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+# --host 0.0.0.0 --port 8080: arguments, so the harness remaps them (tests/e2e/kubelet.py rule 4)
+HTTPServer((sys.argv[2], int(sys.argv[4])), Echo).serve_forever()
+"""
+
+
+def test_service_routes_through_endpoint_slices_keeping_the_host_header(
+        stack: Stack, admin: Kube, namespace: str) -> None:
+    labels = {"app": "echo"}
+    admin.create("apps/v1/deployments", {"metadata": {"name": "echo"}, "spec": {
+        "replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {
+            "securityContext": {"runAsUser": 1000, "runAsNonRoot": True},
+            "containers": [{"name": "echo", "image": "this-venv", "command": ["python", "-c", ECHO],
+                            "args": ["--host", "0.0.0.0", "--port", "8080"],
+                            "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                            "ports": [{"name": "web", "containerPort": 8080}],
+                            "readinessProbe": {"tcpSocket": {"port": "web"}}}]}}}}, namespace)
+    admin.create("v1/services", {"metadata": {"name": "echo"}, "spec": {
+        "selector": labels, "ports": [{"port": 80, "targetPort": "web"}]}}, namespace)
+    wait_for("the Deployment to be available", lambda: (admin.get("apps/v1/deployments", namespace, "echo")
+                                                        .get("status") or {}).get("availableReplicas") == 1, 60)
+    url = f"http://echo.{namespace}.svc.cluster.local/a?b=1"
+    answer = wait_for("the Service to answer", lambda: _get(url, stack.proxy.url), 30)
+    (pod,) = admin.list("v1/pods", namespace, labels="app=echo")
+    assert answer == {"host": f"echo.{namespace}.svc.cluster.local", "path": "/a?b=1", "pod": pod["metadata"]["name"]}
+    assert _status(f"http://nothing.{namespace}.svc/", stack.proxy.url) == 502
+    with stack.port_forward(namespace, "echo", 80) as forward:
+        assert requests.get(forward.url + "/pf", timeout=10, proxies={"http": ""}).json()["path"] == "/pf"
+
+
+def _get(url: str, proxy: str) -> dict[str, Any] | None:
+    response = requests.get(url, proxies={"http": proxy}, timeout=10)
+    return response.json() if response.status_code == 200 else None
+
+
+def _status(url: str, proxy: str) -> int:
+    return requests.get(url, proxies={"http": proxy}, timeout=10).status_code
+
+
+def test_tokens_come_from_token_request_bound_to_the_pod(stack: Stack, admin: Kube, namespace: str) -> None:
+    admin.create_service_account(namespace, "trainer")
+    script = ("print(open('/var/run/secrets/kubernetes.io/serviceaccount/token').read()); "
+              "print(open('/var/run/secrets/mlflow/token').read())")
+    admin.create("batch/v1/jobs", {"metadata": {"name": "tokens"}, "spec": {"backoffLimit": 0, "template": {"spec": {
+        "restartPolicy": "Never", "serviceAccountName": "trainer", "securityContext": {"runAsUser": 1000},
+        "containers": [{"name": "c", "image": "this-venv", "command": ["python", "-c", script],
+                        "volumeMounts": [{"name": "mlflow", "mountPath": "/var/run/secrets/mlflow"}]}],
+        "volumes": [{"name": "mlflow", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "https://mlflow.example", "expirationSeconds": 3600, "path": "token"}}]}}]}}}}, namespace)
+    ok, log = stack.wait_job(namespace, "tokens", timeout=90)
+    assert ok, log
+    api_token, mlflow_token = log.split()[:2]
+    (pod,) = admin.list("v1/pods", namespace, labels="job-name=tokens")
+    for token, audience in ((api_token, API_AUDIENCE), (mlflow_token, "https://mlflow.example")):
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["aud"] == [audience]
+        assert claims["sub"] == f"system:serviceaccount:{namespace}:trainer"
+        assert claims["kubernetes.io"]["pod"] == {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}
+        review = admin.create("authentication.k8s.io/v1/tokenreviews", {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]}})
+        assert review["status"]["authenticated"] is True
