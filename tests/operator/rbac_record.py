@@ -1,9 +1,10 @@
 """Every Kubernetes API call the operator makes, as RBAC sees it: (verb, group, resource).
 
-`test_handlers_integration.py::test_operator_calls_only_what_rbac_grants` runs the whole
-lifecycle (create, update, drift repair, degrade/recover, restart, delete) against the
-emulator, records each call the operator process makes, and fails if one is missing
-here. The Helm chart's ClusterRole test compares its rules with `observed_api_calls()`.
+Superseded by the real RBAC authorizer: tests/operator/test_rbac_real.py shows each rule
+of the chart is needed (a real 403 without it), and the operator's integration tests run
+the whole lifecycle with the chart's RBAC and no 403. Kept only while
+tests/chart/test_rbac.py still compares the chart's rules with `observed_api_calls()`;
+delete it with that comparison. (Server-side apply is a PATCH: the verbs are unchanged.)
 
 Group "" is the core group. `mode` tells which calls only happen in one operator mode.
 """
