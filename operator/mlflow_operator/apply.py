@@ -7,12 +7,14 @@ Each object is read once (GET), then:
   every other object by server-side apply (`fieldManager=mlflow-operator`, forced).
 * create-only and present: never written again, whoever made it.
 * present but not this MLflowServer's: `ConflictError` (a user's object is not touched).
-* otherwise applied (immutable fields of a Job or PVC with their live values), but only when something would change: a value the operator renders
-  differs from the live one, or the set of keys it renders is not the set it applied last
-  time (a key dropped from the spec: server-side apply removes the fields its manager no
-  longer applies). The last set is kept as a fingerprint annotation that holds key names
-  only, hashed, never a value. An apply of an unchanged object is a no-op on the server
-  but still a request; comparing first keeps a steady-state resync free of writes.
+* otherwise applied (the immutable fields of a Job or a PVC as they are live), but only
+  when something would change: a value the operator renders differs from the live one,
+  or the set of keys it renders is not the set it applied last time (a key dropped from
+  the spec: server-side apply removes the fields its manager no longer applies; it
+  leaves other managers' fields alone, and takes back conflicting ones). The last set is
+  kept as a fingerprint annotation of key names only, hashed, never a value. An apply
+  of an unchanged object is a no-op on the server but still a request (a PATCH):
+  comparing first keeps a steady-state resync free of writes.
 
 Objects written by 0.1.0 (a POST and merge patches under the same manager name, so an
 `Update` entry in managedFields, plus the `applied-fields` annotation) are taken over:

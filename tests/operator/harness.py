@@ -36,15 +36,6 @@ OPERATOR = Path(sys.executable).with_name("mlflow-operator")
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
-def __getattr__(name: str) -> Any:
-    # tests/chart/test_rbac.py still runs the operator on the emulator; it imports these
-    # from here. Loaded lazily so nothing of the operator's own tests touches the emulator.
-    if name in ("RecordingKube", "_verb"):
-        from tests.operator import emulator_recording
-        return getattr(emulator_recording, name)
-    raise AttributeError(name)
-
-
 def wait_for(check: Callable[[], T], timeout: float = 30, what: str = "condition",
              interval: float = 0.1) -> T:
     deadline = time.monotonic() + timeout
@@ -64,13 +55,10 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """`mlflow-operator run` as users run it, with the kubeconfig it is given (or, for
-    tests/chart/test_rbac.py, one written by an emulator's `write_kubeconfig`)."""
+    """`mlflow-operator run` as users run it, with the kubeconfig it is given."""
 
-    def __init__(self, kubeconfig: Path | Any, workdir: Path, namespaces: list[str],
+    def __init__(self, kubeconfig: Path, workdir: Path, namespaces: list[str],
                  resync_seconds: float = 2.0, extra: list[str] | None = None):
-        if not isinstance(kubeconfig, Path):
-            kubeconfig = kubeconfig.write_kubeconfig(workdir / "operator.kubeconfig")
         self.kubeconfig, self.workdir, self.namespaces = kubeconfig, workdir, namespaces
         self.resync_seconds, self.extra = resync_seconds, extra or []
         self.logfile = workdir / "operator.log"

@@ -1,10 +1,11 @@
 """Every Kubernetes API call the operator makes, as RBAC sees it: (verb, group, resource).
 
-Superseded by the real RBAC authorizer: tests/operator/test_rbac_real.py shows each rule
-of the chart is needed (a real 403 without it), and the operator's integration tests run
-the whole lifecycle with the chart's RBAC and no 403. Kept only while
-tests/chart/test_rbac.py still compares the chart's rules with `observed_api_calls()`;
-delete it with that comparison. (Server-side apply is a PATCH: the verbs are unchanged.)
+Kept true by the real RBAC authorizer: tests/operator/test_rbac_real.py shows each rule
+of the chart is needed (the operator meets a real 403 without it), and the operator's
+integration tests run the whole lifecycle as the chart's ServiceAccount with no 403.
+tests/chart/test_rbac.py checks, by SubjectAccessReview, that the chart grants exactly
+`observed_api_calls()`. (Server-side apply is a PATCH: the verbs did not change; an apply
+that creates an object is also authorized as a create.)
 
 Group "" is the core group. `mode` tells which calls only happen in one operator mode.
 """

@@ -250,7 +250,8 @@ def test_invalid_spec_degrades_then_recovers(stack):
 
 def test_missing_secret_degrades_until_created(stack):
     admin, ns = stack.admin, stack.ns
-    admin.create(CR, server_manifest("gamma", ns, {"backendStore": {"uriSecretRef": {"name": "gamma-db", "key": "uri"}}}))
+    spec = {"backendStore": {"uriSecretRef": {"name": "gamma-db", "key": "uri"}}}
+    admin.create(CR, server_manifest("gamma", ns, spec))
     degraded = cond(stack.phase("gamma", "Degraded"), "Degraded")
     assert degraded["reason"] == "SecretNotFound" and "gamma-db" in degraded["message"]
     password = "s3cr3t-Pa55"
