@@ -7,8 +7,10 @@ each one to ``ProcessRunner.start``; this module plays the rest of the kubelet:
   sandbox); a missing Secret or key keeps it Pending with ``CreateContainerConfigError``
   and is retried, as kubelet does;
 - runs init containers in order, then starts the containers; reports ``Running``, then
-  ``Ready`` once every readinessProbe passes (httpGet or tcpSocket, polled every
-  ``probe_interval`` seconds instead of ``periodSeconds`` so tests do not wait 10 s);
+  ``Ready`` once every readinessProbe passes (httpGet or tcpSocket; polled every
+  ``probe_interval`` seconds until it first passes, so tests do not wait ``periodSeconds``,
+  then every ``periodSeconds``; ``failureThreshold`` failures in a row make it unready);
+  startup and liveness probes are not run;
 - restarts exited containers by ``restartPolicy`` (Always, OnFailure: with kubelet's
   doubling back-off, here capped at 10 s); a pod that is done reports ``Succeeded`` or
   ``Failed`` with each container's exit code, so Job completion and Deployment
@@ -34,6 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +63,9 @@ class Container:
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self.started_at = ""
-        self.last_exit: int | None = None
         self.ready = False
+        self.next_probe = 0.0
+        self.failures = 0
 
     def start(self) -> None:
         self.prepared.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +74,7 @@ class Container:
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)  # its own group: workers die with it
         self.started_at = now()
-        self.ready = False
+        self.ready, self.next_probe, self.failures = False, 0.0, 0
 
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
@@ -176,7 +180,7 @@ class PodRun:
             for container in self.containers:
                 code = container.exit_code()
                 if code is None:
-                    container.ready = container.ready or self.runner.probe(container.prepared)
+                    self.runner.check_readiness(container)
                 elif policy == "Always" or (policy == "OnFailure" and code != 0):
                     self._restart_later(container, backoff)
             codes = [c.exit_code() for c in self.containers]
@@ -246,10 +250,12 @@ class PodRun:
 class ProcessRunner:
     """Runs bound pods as local processes (see the module docstring)."""
 
-    def __init__(self, kube: Kube, root: Path, proxy_url: str | None = None, probe_interval: float = 0.5) -> None:
+    def __init__(self, kube: Kube, root: Path, proxy_url: str | None = None, probe_interval: float = 0.5,
+                 after_close: Callable[[], None] | None = None) -> None:
         self.kubelet = Kubelet(kube, root, proxy_url)
         self.root = root
         self.probe_interval = probe_interval
+        self.after_close = after_close  # Node.stop calls close() between its stop flag and its joins
         self.pods: dict[str, PodRun] = {}  # pod uid -> its run
         self._lock = threading.Lock()
 
@@ -271,6 +277,8 @@ class ProcessRunner:
             self.pods.clear()
         for run in runs:
             run.stop()
+        if self.after_close is not None:
+            self.after_close()
 
     # -- what kube-proxy and `kubectl logs` need -------------------------------------
 
@@ -296,6 +304,21 @@ class ProcessRunner:
         return "".join(p.read_text(errors="replace") for p in sorted((self.root / "logs").glob(pattern)))
 
     # -- probes ------------------------------------------------------------------------
+
+    def check_readiness(self, container: Container) -> None:
+        """Probe when due: every ``probe_interval`` until Ready, then every ``periodSeconds``;
+        ``failureThreshold`` failures in a row make the container unready again."""
+        if time.monotonic() < container.next_probe:
+            return
+        probe = container.prepared.readiness or {}
+        passed = self.probe(container.prepared)
+        container.failures = 0 if passed else container.failures + 1
+        if passed:
+            container.ready = True
+        elif container.failures >= int(probe.get("failureThreshold", 3)):
+            container.ready = False
+        period = float(probe.get("periodSeconds", 10)) if container.ready else self.probe_interval
+        container.next_probe = time.monotonic() + period
 
     def probe(self, prepared: Prepared) -> bool:
         """One readiness check; a container without a readinessProbe is ready once started."""

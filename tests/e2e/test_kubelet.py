@@ -215,3 +215,23 @@ def test_tokens_come_from_token_request_bound_to_the_pod(stack: Stack, admin: Ku
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
             "spec": {"token": token, "audiences": [audience]}})
         assert review["status"]["authenticated"] is True
+
+
+def test_exited_container_of_a_deployment_is_restarted(stack: Stack, admin: Kube, namespace: str) -> None:
+    labels = {"app": "crash"}
+    admin.create("apps/v1/deployments", {"metadata": {"name": "crash"}, "spec": {
+        "replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {
+            "securityContext": {"runAsUser": 1000},
+            "containers": [{"name": "c", "image": "this-venv",
+                            "command": ["python", "-c", "print('up'); raise SystemExit(1)"]}]}}}}, namespace)
+
+    def restarted() -> dict[str, Any] | None:
+        for pod in admin.list("v1/pods", namespace, labels="app=crash"):
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                if status["restartCount"] >= 2:
+                    return pod
+        return None
+
+    pod = wait_for("the container to be restarted twice", restarted, 60)
+    assert pod["status"]["phase"] == "Running"  # restartPolicy Always: never done
+    assert stack.runner.logs(namespace, pod["metadata"]["name"]).count("up") >= 3
