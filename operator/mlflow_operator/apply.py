@@ -334,6 +334,8 @@ def apply_one(api: KubeApi, manifest: Mapping[str, Any], result: ApplyResult,
                 api.patch(res, meta.get("namespace"), meta["name"], {"metadata": {
                     "managedFields": taken_over(live), "resourceVersion": live["metadata"]["resourceVersion"]}})
             (result.created if live is None else result.updated).append(what)
+            # An apply also creates. A user's object made between the GET above and this
+            # request would be taken over: a window of one request, accepted.
             live = api.apply(body)
     result.live[what] = live
     return live

@@ -177,6 +177,16 @@ def write_paths(proxy: FaultProxy, namespace: str) -> list[str]:
     return []
 
 
+# How kube-apiserver's RBAC authorizer words a refusal (a 403 for other reasons, such as
+# a terminating namespace refusing new Events, says something else).
+_RBAC_DENIAL = re.compile(r'cannot \w+ resource \\*"[^"\\]+\\*"')
+
+
+def rbac_denials(log: str) -> list[str]:
+    """Log lines of the operator that carry an RBAC refusal of the API server."""
+    return [line[:500] for line in log.splitlines() if _RBAC_DENIAL.search(line)]
+
+
 def release_namespace(admin: Kube, namespace: str) -> None:
     """Delete a test namespace whose operator is gone: its MLflowServers' finalizers are
     dropped first (nobody is left to run them), and their ClusterRoleBindings deleted."""

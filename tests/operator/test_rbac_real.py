@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import unique_namespace
 from tests.operator import chart_rbac
 from tests.operator.chart_rbac import OperatorIdentity, RuleRef
-from tests.operator.harness import CR, OperatorProcess, release_namespace, server_manifest, wait_for
+from tests.operator.harness import CR, OperatorProcess, rbac_denials, release_namespace, server_manifest, wait_for
 from tests.support.kubeapi import Kube
 
 WATCHED = "rbac-watched"  # a namespace name for rendering at collection; each case renders its own
@@ -45,8 +45,8 @@ def _refused(admin: Kube, operator: OperatorProcess, namespace: str, rule: RuleR
     if degraded.get("reason") == "Forbidden":
         return f"status: {degraded['message']}"
     resources = "|".join(re.escape(r) for r in rule.rule.get("resources") or [])
-    for line in operator.log().splitlines():
-        if re.search(rf'cannot \w+ resource \\*"({resources})\\*"', line):
+    for line in rbac_denials(operator.log()):
+        if re.search(rf'resource \\*"({resources})\\*"', line):
             return f"log: {line[:400]}"
     return None
 
