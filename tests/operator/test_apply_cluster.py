@@ -130,6 +130,10 @@ def test_children_written_by_0_1_0_are_taken_over_without_leftovers(admin, env, 
     old = _render(ref, {"nodeSelector": {"disk": "ssd", "zone": "a"}, "podAnnotations": {"cost-center": "42"}})
     for manifest in old:
         _write_as_0_1_0(admin, manifest)
+    # A later spec change of 0.1.0's time: a merge patch under the same manager.
+    admin.request("PATCH", resource_path(DEPLOYMENTS, namespace, "legacy"),
+                  body={"spec": {"template": {"spec": {"nodeSelector": {"rack": "r1"}}}}},
+                  params={"fieldManager": FIELD_MANAGER}, content_type="application/merge-patch+json")
     admin_secret = admin.get("v1/secrets", namespace, "legacy-admin")
     result = apply_all(api, _render(ref, {"nodeSelector": {"disk": "ssd"}}))
     assert not result.created and len(result.updated) == len(old)
