@@ -6,7 +6,11 @@ from __future__ import annotations
 from tests.conftest import unique_namespace
 from tests.operator.chart_rbac import OperatorIdentity
 from tests.operator.harness import CR, OperatorProcess, rbac_denials, release_namespace, server_manifest, wait_for
+from tests.operator.query_proxy import QueryRecordingProxy
 from tests.support.node import Node
+
+# Kinds whose changes the operator watches: the API server must filter them.
+WATCHED_CHILDREN = ("/secrets", "/deployments", "/jobs", "/services", "/serviceaccounts", "/persistentvolumeclaims")
 
 
 def _job(admin, namespace: str, name: str) -> str | None:
@@ -14,10 +18,11 @@ def _job(admin, namespace: str, name: str) -> str | None:
     return ((obj.get("status") or {}).get("migration") or {}).get("job")
 
 
-def test_all_namespaces_mode_reconciles_everywhere(admin, crd, proxy, tmp_path):
+def test_all_namespaces_mode_reconciles_everywhere(admin, control_plane, crd, tmp_path):
     one, two = unique_namespace("ml-one"), unique_namespace("ml-two")
     admin.create_namespace(one)
     identity = OperatorIdentity.install(admin, tmp_path, unique_namespace("op-all"), watch=[])
+    proxy = QueryRecordingProxy(control_plane.url, control_plane.ca_file, control_plane.pki).start()
     node = Node(admin, f"node-{one}", namespaces={one, two}).start()
     operator = OperatorProcess(identity.kubeconfig(admin, proxy.url), tmp_path, namespaces=[], resync_seconds=600,
                                extra=["--all-namespaces"])
@@ -39,10 +44,17 @@ def test_all_namespaces_mode_reconciles_everywhere(admin, crd, proxy, tmp_path):
         wait_for(lambda: admin.get("v1/services", two, "tracking"), timeout=15, what="Service restored")
     finally:
         operator.stop()
+        proxy.stop()
         node.stop()
         for namespace in (one, two):
             release_namespace(admin, namespace)
         identity.uninstall(admin)
+    # Children are filtered by the API server, not in the operator: a cluster-wide
+    # operator must not receive every Secret of the cluster.
+    for child in WATCHED_CHILDREN:
+        selectors = proxy.selectors(child)
+        assert selectors and all("app.kubernetes.io/managed-by=mlflow-operator" in selector.split(",")
+                                 for selector in selectors), (child, selectors)
     log = operator.log()
     assert "Traceback" not in log
     assert rbac_denials(log) == []  # the chart's cluster-wide RBAC suffices
