@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace, workdir: Path, p: Progress, cleanup: contextl
     admin.create_service_account(OTHER_NS, job_sa)
 
     p.step(f"Starting the operator: mlflow-operator run --namespace {namespace} --namespace {OTHER_NS}")
-    stack = Stack(admin, plane.kubeconfig, workdir, [namespace, OTHER_NS], say=p.info)
+    stack = Stack(admin, plane.kubeconfig, workdir, [namespace, OTHER_NS])
     stack.__enter__()
     # Unwound in reverse: the operator and the pods' processes first, then the API server
     # (the node's watches end with it instead of waiting for their timeout), then the node.

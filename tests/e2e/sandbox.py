@@ -21,7 +21,9 @@ privileges, in a user namespace:
 
 Limits, by design: a user namespace maps one uid, the container's, onto the user
 running the tests, so files of that user appear owned by the container user (volume
-file modes such as a Secret's ``0440`` are kept, their owner is not). The network is the
+file modes such as a Secret's ``0440`` are kept, their owner is not); for the same
+reason ``fsGroup`` and ``supplementalGroups`` are not applied, and ``seccompProfile`` is
+not either (bwrap would need a compiled filter). The network is the
 host's (pods reach each other and the API server on 127.0.0.1; ports are remapped, see
 tests/e2e/kubelet.py). A mountPath that does not exist on this machine (``/data``,
 ``/etc/mlflow``) is made by giving its parent directory a fresh tmpfs that binds back
@@ -69,7 +71,8 @@ class Security:
         if ctr.get("privileged"):
             raise SecurityError(f"container {container['name']!r}: privileged containers are not supported here")
         uid = int(uid or 0)
-        gid = int(field("runAsGroup") if field("runAsGroup") is not None else uid)
+        # Without runAsGroup a runtime uses the image's group for the user: root's here.
+        gid = int(field("runAsGroup") or 0)
         return cls(uid=uid, gid=gid, read_only_root=bool(ctr.get("readOnlyRootFilesystem")))
 
 

@@ -35,7 +35,6 @@ from tests.support.node import Node
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "mlflowservers.yaml"
 MLFLOW = "mlflow-operator.dev/v1alpha1/mlflowservers"
-Say = Callable[[str], None]
 T = TypeVar("T")
 
 
@@ -66,9 +65,8 @@ def _established(admin: Kube) -> bool:
 
 
 class Stack:
-    def __init__(self, admin: Kube, kubeconfig: Path, root: Path, namespaces: Iterable[str],
-                 say: Say = lambda _msg: None) -> None:
-        self.admin, self.kubeconfig, self.root, self.say = admin, kubeconfig, root, say
+    def __init__(self, admin: Kube, kubeconfig: Path, root: Path, namespaces: Iterable[str]) -> None:
+        self.admin, self.kubeconfig, self.root = admin, kubeconfig, root
         self.runner = ProcessRunner(admin, root, after_close=self._wake_node_watches)
         self.resolver = ServiceResolver(admin, self.runner.local_port)
         self.proxy = ServiceProxy(self.resolver)
