@@ -75,7 +75,9 @@ def test_node_runs_deployments_and_jobs_through_the_real_controllers(admin: Kube
         admin.delete("apps/v1/deployments", namespace, "web")
         wait_for(lambda: not admin.list("v1/pods", namespace, labels="app=web"), what="pods collected")
     finally:
+        started = time.monotonic()
         node.stop()
+        assert time.monotonic() - started < 5, "stop() must cut its watches, not wait for them"
 
 
 def test_fault_proxy_counts_and_injects(control_plane, admin: Kube, namespace: str) -> None:

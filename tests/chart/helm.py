@@ -29,7 +29,7 @@ def helm(*args: str, check: bool = True, kubeconfig: str | Path | None = None,
     """Run helm; with `kubeconfig`, against that cluster (install, upgrade, uninstall)."""
     # A private HOME-less environment: helm must not read or write the user's config.
     env = {"HELM_CACHE_HOME": "/tmp/helm-test/cache", "HELM_CONFIG_HOME": "/tmp/helm-test/config",
-           "HELM_DATA_HOME": "/tmp/helm-test/data", "PATH": "/usr/bin:/bin"}
+           "HELM_DATA_HOME": "/tmp/helm-test/data", "HOME": "/tmp/helm-test/home", "PATH": "/usr/bin:/bin"}
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
     result = subprocess.run([str(require(HELM)), *args], capture_output=True, text=True,

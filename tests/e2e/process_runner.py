@@ -36,7 +36,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,12 +249,10 @@ class PodRun:
 class ProcessRunner:
     """Runs bound pods as local processes (see the module docstring)."""
 
-    def __init__(self, kube: Kube, root: Path, proxy_url: str | None = None, probe_interval: float = 0.5,
-                 after_close: Callable[[], None] | None = None) -> None:
+    def __init__(self, kube: Kube, root: Path, proxy_url: str | None = None, probe_interval: float = 0.5) -> None:
         self.kubelet = Kubelet(kube, root, proxy_url)
         self.root = root
         self.probe_interval = probe_interval
-        self.after_close = after_close  # Node.stop calls close() between its stop flag and its joins
         self.pods: dict[str, PodRun] = {}  # pod uid -> its run
         self._lock = threading.Lock()
 
@@ -277,8 +274,6 @@ class ProcessRunner:
             self.pods.clear()
         for run in runs:
             run.stop()
-        if self.after_close is not None:
-            self.after_close()
 
     # -- what kube-proxy and `kubectl logs` need -------------------------------------
 

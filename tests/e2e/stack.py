@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import requests
 import yaml
 
 from tests.e2e import sample_job
@@ -67,7 +66,7 @@ def _established(admin: Kube) -> bool:
 class Stack:
     def __init__(self, admin: Kube, kubeconfig: Path, root: Path, namespaces: Iterable[str]) -> None:
         self.admin, self.kubeconfig, self.root = admin, kubeconfig, root
-        self.runner = ProcessRunner(admin, root, after_close=self._wake_node_watches)
+        self.runner = ProcessRunner(admin, root)
         self.resolver = ServiceResolver(admin, self.runner.local_port)
         self.proxy = ServiceProxy(self.resolver)
         self.runner.kubelet.proxy_url = self.proxy.url
@@ -85,23 +84,6 @@ class Stack:
         self.stop_operator()
         self.node.stop()  # stops every pod process
         self.proxy.__exit__()
-
-    def _wake_node_watches(self) -> None:
-        """Node.stop joins its two pod watches, which otherwise sit until their next event
-        (up to 30 s): give each one event, an unbound pod and a pod on this node, deleted
-        at once. Nothing runs them: the node is stopping."""
-        namespace = sorted(self.node.namespaces or {"default"})[0]
-        for node_name in ("", self.node.name):
-            spec: dict[str, Any] = {"containers": [{"name": "c", "image": "none"}]}
-            if node_name:
-                spec["nodeName"] = node_name
-            try:
-                pod = self.admin.create("v1/pods", {"metadata": {"generateName": "wake-node-"}, "spec": spec},
-                                        namespace)
-                self.admin.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}",
-                                   body={"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0})
-            except (ApiError, requests.RequestException):
-                return  # the API server is gone (the demo stops it first): the watches end with it
 
     # -- objects -------------------------------------------------------------------
 

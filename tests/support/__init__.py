@@ -1,15 +1,14 @@
-"""Test support: the Kubernetes API emulator and ServiceAccount tokens.
+"""Test support: a real Kubernetes control plane and what the tests need around it.
 
-- ``tests.support.kube.KubeEmulator``: kmock 0.8's KubernetesEmulator with the
-  gaps filled (uid/resourceVersion/409/PUT/selectors/watch/status subresource/
-  discovery/TokenReview); runs over real HTTP on 127.0.0.1 in a thread.
-- ``tests.support.harness``: the sync helpers the ``kube`` fixture offers
-  (create/get/patch/delete, namespaces, ServiceAccounts, tokens, kubeconfig).
-- ``tests.support.tokenreview``: TokenReview semantics and fault switches.
-- ``tests.support.tokens``: ``mint_token`` and friends (per-session RS256 key).
-- ``tests.support.kubeproto``: pure protocol helpers (paths, patches, selectors).
-
-Fixtures (``tests/conftest.py``): ``kube`` (a running emulator per test),
-``kubeconfig`` (its kubeconfig file path), ``kube_client`` (a ``kubernetes``
-ApiClient on it).
+- ``controlplane``: etcd + kube-apiserver + kube-controller-manager v1.35 on 127.0.0.1
+  (``scripts/cluster`` and the session fixture in ``tests/conftest.py``).
+- ``kubeapi``: a small sync client for the API server (create/get/list/patch/apply,
+  TokenRequest tokens, kubeconfigs for other identities).
+- ``node``: a Node that binds and reports pods (no container runtime here); the
+  e2e process runner plugs into it.
+- ``faultproxy``: a TLS proxy in front of the API server: request counts, 500s, delays,
+  dropped connections, outages.
+- ``crd``, ``kubectl``: the CRD installed and judged by the API server; the real kubectl.
+- ``tokens``: forged tokens (the attacker's); ``postgres``: fresh databases;
+  ``routes``: MLflow's native route paths.
 """

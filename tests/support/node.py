@@ -22,6 +22,7 @@ import datetime
 import ipaddress
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -34,6 +35,15 @@ from tests.support.kubeapi import ApiError, Kube
 
 _POD_IPS = (str(ipaddress.ip_address("10.244.0.2") + i) for i in itertools.count())
 _IP_LOCK = threading.Lock()
+
+
+def _cut(response: requests.Response) -> None:
+    """End a watch blocked in a read from another thread: closing the response object
+    does not wake the reader, shutting its socket down does."""
+    try:
+        response.raw.connection.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+    except (AttributeError, OSError):
+        pass
 
 
 def now() -> str:
@@ -116,6 +126,7 @@ class Node:
         self.started: set[str] = set()   # pod uids handed to the runner
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._open: set[requests.Response] = set()  # watch streams, cut by stop()
 
     def serves(self, namespace: str) -> bool:
         return self.namespaces is None or namespace in self.namespaces
@@ -139,6 +150,8 @@ class Node:
     def stop(self) -> None:
         self._stopping.set()
         self.runner.close()
+        for response in list(self._open):
+            _cut(response)
         for thread in self._threads:
             thread.join(10)
         try:
@@ -223,16 +236,23 @@ class Node:
                                    timeout=(10, 60)) as response:
             if response.status_code != 200:
                 return
-            for line in response.iter_lines():
-                if self._stopping.is_set():
-                    return
-                if not line:
-                    continue
-                event = json.loads(line)
-                if event["type"] in ("ADDED", "MODIFIED"):
-                    self._safely(handle, event["object"])
-                elif event["type"] == "ERROR":
-                    return
+            self._open.add(response)
+            try:
+                self._read_events(response, handle)
+            finally:
+                self._open.discard(response)
+
+    def _read_events(self, response: requests.Response, handle: Any) -> None:
+        for line in response.iter_lines():
+            if self._stopping.is_set():
+                return
+            if not line:
+                continue
+            event = json.loads(line)
+            if event["type"] in ("ADDED", "MODIFIED"):
+                self._safely(handle, event["object"])
+            elif event["type"] == "ERROR":
+                return
 
     def _safely(self, handle: Any, pod: dict[str, Any]) -> None:
         try:

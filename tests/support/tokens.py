@@ -1,28 +1,25 @@
-"""ServiceAccount-shaped JWTs for tests, signed by a per-session test key.
+"""Forged ServiceAccount-shaped JWTs: the attacker's tokens in the plugin's tests.
 
-The emulator's TokenReview (``tests.support.tokenreview``) trusts exactly the
-keys of this module, so a token minted here is "valid" for the emulated
-kube-apiserver the way a kubelet-projected token is valid for a real one.
+A valid token always comes from the real TokenRequest API
+(``tests.support.kubeapi.Kube.token_for``). What this module signs, with a
+per-session key the API server has never seen (or with none, or with HMAC), is
+what an attacker could send: kube-apiserver refuses every one of them, so they
+test the plugin's local pre-check and what a forgery costs.
 
 Usage::
 
-    from tests.support.tokens import mint_token, API_AUDIENCE, ISSUER
+    from tests.support.tokens import mint_token
 
-    token = mint_token('jobs', 'trainer', ['mlflow'], uid=sa_uid)
+    forged = mint_token('jobs', 'trainer', ['mlflow'])             # well-shaped, unknown key
     expired = mint_token('jobs', 'trainer', ['mlflow'], expires_in=-600)
-    wrong_key = mint_token('jobs', 'trainer', ['mlflow'], key=other_private_key())
     alg_none = mint_alg_none_token('jobs', 'trainer', ['mlflow'])
-    confused = mint_hs256_token('jobs', 'trainer', ['mlflow'])  # HMAC keyed with our public key
+    confused = mint_hs256_token('jobs', 'trainer', ['mlflow'])     # HMAC keyed with a public key
 
 Claims are shaped like a projected token: ``iss``, ``sub``
 (``system:serviceaccount:<ns>:<name>``), ``aud`` (always a list), ``exp``,
 ``iat``, ``nbf``, ``jti`` and ``kubernetes.io: {namespace, serviceaccount:
 {name, uid}}`` (plus ``pod: {name, uid}`` when ``pod=`` is given). The header
 carries ``kid`` like the real thing.
-
-The emulator's clock leeway is 60 s (like kube-apiserver's go-jose default):
-a token that expired 10 s ago still reviews as authenticated; use
-``expires_in=-600`` for a token the API rejects.
 """
 from __future__ import annotations
 
