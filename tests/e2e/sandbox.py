@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+REPOSITORY = Path(__file__).resolve().parents[2]
 # Never bound from the host: given fresh by bwrap, or empty as in an image.
 _FRESH = {"/proc", "/dev", "/tmp"}
 
@@ -98,9 +100,20 @@ def command(argv: list[str], security: Security, mounts: list[Mount], cwd: str) 
     args += _root(targets)
     for mount, target in zip(mounts, targets):
         args += ["--ro-bind" if mount.read_only else "--bind", str(mount.source), target]
+    for path in _image_paths_hidden_by(["/tmp", *targets]):
+        args += ["--ro-bind", path, path]
     if security.read_only_root:
         args += ["--remount-ro", "/"]
     return [*args, "--chdir", cwd, "--", *argv]
+
+
+def _image_paths_hidden_by(mount_points: list[str]) -> list[str]:
+    """The "image" (this repository and its venv, the Python it runs on) when it lives
+    under a directory the pod gets fresh or from a volume, e.g. a clone in /tmp: bound
+    back read-only on top, as an image's files would be there."""
+    image = {str(REPOSITORY), sys.prefix, sys.base_prefix}
+    return sorted(path for path in image
+                  if any(path == point or path.startswith(point.rstrip("/") + "/") for point in mount_points))
 
 
 def _resolve(path: str) -> str:

@@ -6,10 +6,11 @@ RBAC rules of the operator, in two groups:
   watchNamespaces.
 * "clusterRules": cluster-scoped objects; always a ClusterRole.
 
-Every verb is justified by a call the operator (our code or Kopf) makes;
-tests/chart/test_rbac.py compares these rules with the calls recorded while the operator
-reconciles MLflowServers against the API emulator, so a rule that is missing or unused
-fails CI.
+Every verb is justified by a call the operator (our code or Kopf) makes. In the tests the
+operator runs as the chart's ServiceAccount against a real kube-apiserver, and removing any
+one rule makes it meet a real 403 (tests/operator/test_rbac_real.py);
+tests/chart/test_rbac.py checks with SubjectAccessReview that these rules allow exactly
+the calls listed in tests/operator/rbac_record.py.
 */}}
 
 {{- define "mlflow-operator.namespacedRules" -}}
@@ -25,7 +26,7 @@ fails CI.
   resources: ["mlflowservers/status"]
   verbs: ["patch"]
 # Children the operator renders and keeps in line: read by name, created when missing,
-# merge-patched on drift. They are never deleted by the operator (their ownerReferences
+# server-side applied (patch) on drift. They are never deleted by the operator (their ownerReferences
 # let the garbage collector remove them with the MLflowServer). They are also watched
 # (label app.kubernetes.io/managed-by=mlflow-operator) so a finished migration Job, a
 # ready Deployment or a deleted child triggers a reconcile at once.
