@@ -4,6 +4,8 @@ The bad tokens are forged (tests.support.tokens: the attacker); the valid one is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import base64
 import threading
 import time
@@ -62,24 +64,26 @@ class TestPrecheck:
         assert time.time() + 3000 < claims.expires_at <= time.time() + 3600
 
     @pytest.mark.parametrize(
-        ("token", "reason"),
+        ("make_token", "reason"),
         [
-            ("garbage", "not a JWT"),
-            ("a.b.c", "well-formed"),
-            (mint_token("jobs", "t", ["mlflow"])[:300], "JWT"),
-            (mint_token("jobs", "t", ["mlflow"])[:-40], "well-formed"),
-            (mint_alg_none_token("jobs", "t", ["mlflow"]), "algorithm"),
-            (mint_token("jobs", "t", ["mlflow"], alg="HS256", key=b"k" * 32), "algorithm"),
-            (mint_token("jobs", "t", ["other"]), "audience"),
-            (mint_token("jobs", "t", ["mlflow"], expires_in=-600), "expired"),
-            (mint_token("jobs", "t", ["mlflow"], not_before=time.time() + 600), "not yet valid"),
-            (mint_token("jobs", "t", ["mlflow"], extra_claims={"exp": None}), "no expiry"),
-            (mint_token("jobs", "t", ["mlflow"], extra_claims={"sub": "alice"}), "not a ServiceAccount"),
-            (mint_token("jobs", "t", ["mlflow"], extra_claims={"exp": "soon"}), "not a number"),
+            (lambda: "garbage", "not a JWT"),
+            (lambda: "a.b.c", "well-formed"),
+            (lambda: mint_token("jobs", "t", ["mlflow"])[:300], "JWT"),
+            (lambda: mint_token("jobs", "t", ["mlflow"])[:-40], "well-formed"),
+            (lambda: mint_alg_none_token("jobs", "t", ["mlflow"]), "algorithm"),
+            (lambda: mint_token("jobs", "t", ["mlflow"], alg="HS256", key=b"k" * 32), "algorithm"),
+            (lambda: mint_token("jobs", "t", ["other"]), "audience"),
+            (lambda: mint_token("jobs", "t", ["mlflow"], expires_in=-600), "expired"),
+            (lambda: mint_token("jobs", "t", ["mlflow"], not_before=time.time() + 600), "not yet valid"),
+            (lambda: mint_token("jobs", "t", ["mlflow"], extra_claims={"exp": None}), "no expiry"),
+            (lambda: mint_token("jobs", "t", ["mlflow"], extra_claims={"sub": "alice"}), "not a ServiceAccount"),
+            (lambda: mint_token("jobs", "t", ["mlflow"], extra_claims={"exp": "soon"}), "not a number"),
         ],
     )
-    def test_rejections(self, token: str, reason: str) -> None:
-        result = precheck(token, AUD)
+    def test_rejections(self, make_token: Callable[[], str], reason: str) -> None:
+        # Tokens are made when the test runs: a time-relative claim built at collection
+        # would have aged by the time a long suite reaches it.
+        result = precheck(make_token(), AUD)
         assert isinstance(result, Rejected)
         assert reason in result.reason
 
