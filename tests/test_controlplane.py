@@ -13,16 +13,7 @@ from tests.support import controlplane
 from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import ApiError, Kube
 from tests.support.node import Node, SimulatedRunner
-
-
-def wait_for(check, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+from tests.support.waiting import wait_for
 
 
 def test_it_is_kubernetes_1_35_with_rbac_and_service_account_issuer(control_plane, admin: Kube) -> None:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -28,23 +27,12 @@ from tests.conftest import unique_namespace
 from tests.support.controlplane import API_AUDIENCE, ControlPlane, free_port
 from tests.support.crd import CR, CRD_NAME, install_crd
 from tests.support.kubeapi import Kube
+from tests.support.waiting import wait_for
 from tests.support.kubectl import Kubectl
 from tests.support.node import Node
 
 OPERATOR = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "mlflow-operator"
 RBAC = "rbac.authorization.k8s.io/v1"
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T], timeout: float = 60, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 class Release:

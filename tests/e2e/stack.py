@@ -18,10 +18,9 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -29,24 +28,12 @@ from tests.e2e import sample_job
 from tests.e2e.network import PortForward, ServiceProxy, ServiceResolver
 from tests.e2e.process_runner import PodRun, ProcessRunner
 from tests.support.kubeapi import ApiError, Kube
+from tests.support.waiting import wait_for
 from tests.support.node import Node
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "mlflowservers.yaml"
 MLFLOW = "mlflow-operator.dev/v1alpha1/mlflowservers"
-T = TypeVar("T")
-
-
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.3) -> T:
-    """Poll ``fn`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def install_crd(admin: Kube) -> None:
@@ -54,7 +41,7 @@ def install_crd(admin: Kube) -> None:
     for doc in yaml.safe_load_all(CRD_FILE.read_text()):
         if doc:
             admin.apply(doc, manager="e2e")
-    wait_for("the MLflowServer CRD to be served", lambda: _established(admin), 30)
+    wait_for(lambda: _established(admin), 30, what="the MLflowServer CRD to be served")
 
 
 def _established(admin: Kube) -> bool:
@@ -164,9 +151,9 @@ class Stack:
             return status if current and status.get("phase") == "Ready" else None
 
         try:
-            return wait_for(f"MLflowServer {namespace}/{name} to be Ready", ready, timeout, 0.5)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; status: {self.status(namespace, name)}; pods: "
+            return wait_for(ready, timeout, what=f"MLflowServer {namespace}/{name} to be Ready", interval=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; status: {self.status(namespace, name)}; pods: "
                                f"{[(p.name, p.ip) for p in self.runner.running(namespace)]}") from None
 
     def server_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -195,7 +182,7 @@ class Stack:
                     return (condition["type"] == "Complete",)
             return None
 
-        (ok,) = wait_for(f"Job {namespace}/{name} to finish", finished, timeout, 0.5)
+        (ok,) = wait_for(finished, timeout, what=f"Job {namespace}/{name} to finish", interval=0.5)
         pods = self.admin.list("v1/pods", namespace, labels=f"job-name={name}")
         pods.sort(key=lambda p: p["metadata"]["creationTimestamp"])
         log = self.runner.logs(namespace, pods[-1]["metadata"]["name"]) if pods else ""

@@ -145,7 +145,7 @@ def test_job_in_other_namespace_is_forbidden(stack: Stack, served: dict[str, Any
 def test_token_for_another_servers_audience_is_unauthenticated(stack: Stack, served: dict[str, Any]) -> None:
     stack.apply_server(NS, "other", {"server": {"workers": 1}})
     try:
-        other = wait_for("the other MLflowServer's audience", lambda: stack.status(NS, "other").get("audience"), 60)
+        other = wait_for(lambda: stack.status(NS, "other").get("audience"), 60, what="the other MLflowServer's audience")
         assert other != served["audience"]
         verdict = stack.run_job(NS, "train-wrong-audience", service_account="trainer",
                                 tracking_uri=served["url"], audience=other)
@@ -234,7 +234,7 @@ def test_changing_allowed_namespaces_rolls_the_server_and_enforces_the_new_polic
                                         for c in (p.get("status") or {}).get("conditions") or [])]
         return ready[0] if ready and old.stopping.is_set() else None
 
-    new_pod = wait_for("the Deployment controller to roll the server", rolled, 180, 0.5)
+    new_pod = wait_for(rolled, 180, what="the Deployment controller to roll the server", interval=0.5)
     assert new_pod["metadata"]["uid"] != old.pod["metadata"]["uid"]
     assert old.containers[0].exit_code() is not None  # the old pod's process is gone (Recreate)
     status = stack.wait_ready(NS, NAME)
@@ -282,7 +282,7 @@ def test_external_postgres_from_secret_refs_is_migrated_and_used(
         # The garbage collector removes its Deployment and pods; the node stops their
         # processes, which releases the databases before they are dropped.
         stack.admin.delete("mlflow-operator.dev/v1alpha1/mlflowservers", NS, "prod")
-        wait_for("the prod server's pods to stop", lambda: not stack.pod_runs(NS, "prod-"), 120, 0.5)
+        wait_for(lambda: not stack.pod_runs(NS, "prod-"), 120, what="the prod server's pods to stop", interval=0.5)
 
 
 def _assert_clean_logs(stack: Stack, root: Path) -> None:

@@ -20,32 +20,19 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Callable
+
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import ApiError, Kube
+from tests.support.waiting import wait_for  # noqa: F401  (re-exported to the tests)
 from tests.support.node import Node, SimulatedRunner
 
-T = TypeVar("T")
 CR = "mlflow-operator.dev/v1alpha1/mlflowservers"
 OPERATOR = Path(sys.executable).with_name("mlflow-operator")
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
-
-def wait_for(check: Callable[[], T], timeout: float = 30, what: str = "condition",
-             interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def free_port() -> int:

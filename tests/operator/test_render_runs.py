@@ -76,8 +76,8 @@ def _run_rendered(stack: Stack, objects: list[dict[str, Any]]) -> PodRun:
     assert ok, log[-3000:]
     stack.admin.create(resource_of(deployment), deployment)
     namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
-    wait_for("the rendered Deployment to be available", lambda: (stack.admin.get(
-        "apps/v1/deployments", namespace, name).get("status") or {}).get("availableReplicas") == 1, 180, 0.5)
+    wait_for(lambda: (stack.admin.get(
+        "apps/v1/deployments", namespace, name).get("status") or {}).get("availableReplicas") == 1, 180, what="the rendered Deployment to be available", interval=0.5)
     (run,) = [r for r in stack.pod_runs(namespace, f"{name}-") if "-migrate-" not in r.name]
     return run
 

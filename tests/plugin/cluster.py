@@ -15,7 +15,6 @@ TokenReviews and inject API errors, slowness, dropped connections and outages th
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tests.conftest import unique_namespace
 from tests.support.controlplane import API_AUDIENCE, ControlPlane
 from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import ApiError, Kube
+from tests.support.waiting import wait_for  # noqa: F401  (re-exported to the tests)
 
 AUDIENCE = "mlflow-test"
 SERVER_SA = "mlflow-server"
@@ -32,17 +32,6 @@ TOKENREVIEWS = r"/apis/authentication.k8s.io/v1/tokenreviews$"
 CLUSTER_ROLE_BINDINGS = "rbac.authorization.k8s.io/v1/clusterrolebindings"
 # kube-apiserver keeps a successful token authentication for 10 s: waits allow for it.
 API_AUTH_CACHE_SECONDS = 10
-
-
-def wait_for(check, timeout: float = 30, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def token_review(kube: Kube, token: str, audiences: list[str]) -> dict:
