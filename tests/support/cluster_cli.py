@@ -20,7 +20,7 @@ def up() -> int:
     controlplane.stop_from_state(DIRECTORY)  # leftovers of a half-dead one
     subprocess.run([str(controlplane.ROOT / "scripts" / "build-control-plane")], check=True)
     DIRECTORY.mkdir(parents=True, exist_ok=True)
-    plane = controlplane.ControlPlane(DIRECTORY).start()
+    plane = controlplane.ControlPlane(DIRECTORY, die_with_parent=False).start()
     print(f"cluster: up in {plane.started_in:.1f} s at {plane.url}")
     print(f"export KUBECONFIG={plane.kubeconfig}")
     return 0

@@ -22,6 +22,7 @@ kubelet harness in tests/e2e plays them). Deliberate settings, each with its rea
 """
 from __future__ import annotations
 
+import ctypes
 import datetime
 import ipaddress
 import json
@@ -47,6 +48,11 @@ SERVICE_CIDR = "10.96.0.0/16"
 # What `kubectl create token` and projected volumes ask for when no audience is given.
 API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 KCM_CONTROLLERS = "*,-node-lifecycle-controller"
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 def free_port() -> int:
@@ -152,6 +158,9 @@ class ControlPlane:
     etcd_peer_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started_in: float = 0.0
+    # The processes end with this one even when it is killed (a timed-out test run, a
+    # killed demo or benchmark); only `scripts/cluster up` lets them outlive it.
+    die_with_parent: bool = True
 
     @property
     def url(self) -> str:
@@ -220,7 +229,8 @@ class ControlPlane:
         with open(self.directory / f"{name}.log", "ab") as log:
             self.processes[name] = subprocess.Popen(
                 [str(BIN / name), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)  # Ctrl-C in a terminal reaches us, not them: stop() orders the shutdown
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, not them: stop() orders the shutdown
+                preexec_fn=_terminate_with_parent if self.die_with_parent else None)
 
     def _write_state(self) -> None:
         state = {"url": self.url, "kubeconfig": str(self.kubeconfig),
