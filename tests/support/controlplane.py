@@ -51,7 +51,10 @@ KCM_CONTROLLERS = "*,-node-lifecycle-controller"
 
 
 def _terminate_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG).
+
+    Linux ties this to the thread that forked: start() from a thread that lives as long
+    as the control plane should (every caller uses the main thread)."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
