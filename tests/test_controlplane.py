@@ -29,16 +29,12 @@ def test_it_is_kubernetes_1_35_with_rbac_and_service_account_issuer(control_plan
 def test_token_request_and_token_review(admin: Kube, namespace: str) -> None:
     uid = admin.create_service_account(namespace, "trainer")
     token = admin.token_for(namespace, "trainer", ["mlflow-test"])
-    review = admin.create("authentication.k8s.io/v1/tokenreviews", {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-        "spec": {"token": token, "audiences": ["mlflow-test"]}})["status"]
+    review = admin.token_review(token, ["mlflow-test"])
     assert review["authenticated"] and review["user"]["uid"] == uid
     assert review["user"]["username"] == f"system:serviceaccount:{namespace}:trainer"
     admin.delete_service_account(namespace, "trainer")
     # kube-apiserver caches a successful token authentication for 10 s.
-    wait_for(lambda: not admin.create("authentication.k8s.io/v1/tokenreviews", {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-        "spec": {"token": token, "audiences": ["mlflow-test"]}})["status"].get("authenticated"),
+    wait_for(lambda: not admin.token_review(token, ["mlflow-test"]).get("authenticated"),
         timeout=20, what="the deleted ServiceAccount's token refused")
 
 

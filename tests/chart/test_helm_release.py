@@ -27,9 +27,9 @@ from tests.conftest import unique_namespace
 from tests.support.controlplane import API_AUDIENCE, ControlPlane, free_port
 from tests.support.crd import CR, CRD_NAME, install_crd
 from tests.support.kubeapi import Kube
-from tests.support.waiting import wait_for
 from tests.support.kubectl import Kubectl
 from tests.support.node import Node
+from tests.support.waiting import wait_for
 
 OPERATOR = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "mlflow-operator"
 RBAC = "rbac.authorization.k8s.io/v1"

@@ -139,11 +139,9 @@ def test_create_token_with_the_servers_audience(kubectl: Kubectl, admin: Kube, t
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert claims["aud"] == [audience]
     assert claims["sub"] == f"system:serviceaccount:{team}:trainer"
-    review = admin.create("authentication.k8s.io/v1/tokenreviews", {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-        "spec": {"token": token, "audiences": [audience]}})
-    assert review["status"]["authenticated"] is True
-    assert review["status"]["user"]["username"] == f"system:serviceaccount:{team}:trainer"
+    review = admin.token_review(token, [audience])
+    assert review["authenticated"] is True
+    assert review["user"]["username"] == f"system:serviceaccount:{team}:trainer"
 
 
 def test_production_and_training_job_examples_apply(crd: None, kubectl: Kubectl, admin: Kube,

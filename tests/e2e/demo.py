@@ -29,7 +29,8 @@ from typing import Any
 import requests
 import yaml
 
-from tests.e2e.stack import Stack, install_crd
+from tests.e2e.stack import Stack
+from tests.support.crd import install_crd
 from tests.support import controlplane
 from tests.support.kubeapi import Kube
 

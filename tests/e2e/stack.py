@@ -27,27 +27,11 @@ import yaml
 from tests.e2e import sample_job
 from tests.e2e.network import PortForward, ServiceProxy, ServiceResolver
 from tests.e2e.process_runner import PodRun, ProcessRunner
-from tests.support.kubeapi import ApiError, Kube
-from tests.support.waiting import wait_for
+from tests.support.crd import CR
+from tests.support.kubeapi import ApiError, Kube, resource_of
 from tests.support.node import Node
+from tests.support.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "crds" / "mlflowservers.yaml"
-MLFLOW = "mlflow-operator.dev/v1alpha1/mlflowservers"
-
-
-def install_crd(admin: Kube) -> None:
-    """`kubectl apply -f crds/mlflowservers.yaml`, then wait until the API serves it."""
-    for doc in yaml.safe_load_all(CRD_FILE.read_text()):
-        if doc:
-            admin.apply(doc, manager="e2e")
-    wait_for(lambda: _established(admin), 30, what="the MLflowServer CRD to be served")
-
-
-def _established(admin: Kube) -> bool:
-    crd = admin.get("apiextensions.k8s.io/v1/customresourcedefinitions", None, "mlflowservers.mlflow-operator.dev")
-    conditions = ((crd or {}).get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
 class Stack:
@@ -77,12 +61,12 @@ class Stack:
     def ensure(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create unless it exists (several jobs share one ServiceAccount)."""
         try:
-            return self.admin.create(_resource(obj), dict(obj))
+            return self.admin.create(resource_of(dict(obj)), dict(obj))
         except ApiError as exc:
             if exc.code != 409:
                 raise
             meta = obj["metadata"]
-            return self.admin.get(_resource(obj), meta.get("namespace"), meta["name"]) or {}
+            return self.admin.get(resource_of(dict(obj)), meta.get("namespace"), meta["name"]) or {}
 
     def apply_file(self, path: Path) -> list[dict[str, Any]]:
         """`kubectl create -f` for a manifest file (what exists already is kept)."""
@@ -92,14 +76,14 @@ class Stack:
         return self.ensure(sample_job.service_account(namespace, name))
 
     def apply_server(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        return self.admin.create(MLFLOW, {"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
+        return self.admin.create(CR, {"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
                                           "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)})
 
     def patch_server(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        return self.admin.patch(MLFLOW, namespace, name, {"spec": dict(spec)})
+        return self.admin.patch(CR, namespace, name, {"spec": dict(spec)})
 
     def server(self, namespace: str, name: str) -> dict[str, Any]:
-        obj = self.admin.get(MLFLOW, namespace, name)
+        obj = self.admin.get(CR, namespace, name)
         if obj is None:
             raise LookupError(f"MLflowServer {namespace}/{name} not found")
         return obj
@@ -116,7 +100,7 @@ class Stack:
         for ns in namespaces:
             argv += ["--namespace", ns]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        env.pop("MLFLOW_TRACKING_URI", None)
+        env.pop("CR_TRACKING_URI", None)
         self.operator_log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.operator_log, "ab") as log:
             self.operator = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -194,7 +178,7 @@ class Stack:
         self.service_account(namespace, service_account)
         for obj in sample_job.job_objects(name=name, namespace=namespace, service_account_name=service_account,
                                           tracking_uri=tracking_uri, audience=audience, experiment=experiment):
-            self.admin.create(_resource(obj), obj, namespace)
+            self.admin.create(resource_of(obj), obj, namespace)
         ok, log = self.wait_job(namespace, name)
         lines = [line for line in log.splitlines() if line.startswith("{")]
         if not lines:
@@ -205,11 +189,3 @@ class Stack:
 
     def pod_runs(self, namespace: str, prefix: str = "") -> list[PodRun]:
         return self.runner.running(namespace, prefix)
-
-
-def _resource(obj: Mapping[str, Any]) -> str:
-    from tests.support.kubeapi import resource_of
-
-    if obj["kind"] == "MLflowServer":
-        return MLFLOW
-    return resource_of(dict(obj))

@@ -22,7 +22,8 @@ import pytest
 
 from tests.conftest import unique_namespace
 from tests.e2e.process_runner import PodRun
-from tests.e2e.stack import Stack, install_crd, wait_for
+from tests.e2e.stack import Stack, wait_for
+from tests.support.crd import CR, install_crd
 from tests.support.controlplane import ControlPlane
 from tests.support.kubeapi import Kube
 from tests.support.postgres import create_database
@@ -152,7 +153,7 @@ def test_token_for_another_servers_audience_is_unauthenticated(stack: Stack, ser
         assert not verdict["ok"]
         assert verdict["http_status"] == 401, verdict
     finally:
-        stack.admin.delete("mlflow-operator.dev/v1alpha1/mlflowservers", NS, "other")
+        stack.admin.delete(CR, NS, "other")
 
 
 @pytest.fixture()
@@ -281,7 +282,7 @@ def test_external_postgres_from_secret_refs_is_migrated_and_used(
     finally:
         # The garbage collector removes its Deployment and pods; the node stops their
         # processes, which releases the databases before they are dropped.
-        stack.admin.delete("mlflow-operator.dev/v1alpha1/mlflowservers", NS, "prod")
+        stack.admin.delete(CR, NS, "prod")
         wait_for(lambda: not stack.pod_runs(NS, "prod-"), 120, what="the prod server's pods to stop", interval=0.5)
 
 

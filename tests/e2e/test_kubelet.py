@@ -215,10 +215,8 @@ def test_tokens_come_from_token_request_bound_to_the_pod(stack: Stack, admin: Ku
         assert claims["aud"] == [audience]
         assert claims["sub"] == f"system:serviceaccount:{namespace}:trainer"
         assert claims["kubernetes.io"]["pod"] == {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}
-        review = admin.create("authentication.k8s.io/v1/tokenreviews", {
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-            "spec": {"token": token, "audiences": [audience]}})
-        assert review["status"]["authenticated"] is True
+        review = admin.token_review(token, [audience])
+        assert review["authenticated"] is True
 
 
 def test_exited_container_of_a_deployment_is_restarted(stack: Stack, admin: Kube, namespace: str) -> None:

@@ -25,12 +25,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.support.crd import CR
 from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import ApiError, Kube
-from tests.support.waiting import wait_for  # noqa: F401  (re-exported to the tests)
 from tests.support.node import Node, SimulatedRunner
+from tests.support.waiting import wait_for  # noqa: F401  (re-exported to the tests)
 
-CR = "mlflow-operator.dev/v1alpha1/mlflowservers"
 OPERATOR = Path(sys.executable).with_name("mlflow-operator")
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 

@@ -34,12 +34,6 @@ CLUSTER_ROLE_BINDINGS = "rbac.authorization.k8s.io/v1/clusterrolebindings"
 API_AUTH_CACHE_SECONDS = 10
 
 
-def token_review(kube: Kube, token: str, audiences: list[str]) -> dict:
-    return kube.create("authentication.k8s.io/v1/tokenreviews", {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-        "spec": {"token": token, "audiences": audiences}})["status"]
-
-
 @dataclass
 class PluginCluster:
     admin: Kube
@@ -65,7 +59,7 @@ class PluginCluster:
 
     def wait_refused(self, token: str, audiences: tuple[str, ...] = (AUDIENCE,)) -> None:
         """Until kube-apiserver itself refuses `token` (its own auth cache included)."""
-        wait_for(lambda: not token_review(self.admin, token, list(audiences)).get("authenticated"),
+        wait_for(lambda: not self.admin.token_review(token, audiences).get("authenticated"),
                  timeout=API_AUTH_CACHE_SECONDS * 2 + 5, what="kube-apiserver to refuse the token")
 
     def public_key_pem(self) -> bytes:
@@ -110,7 +104,7 @@ class PluginCluster:
         """Whether RBAC lets the server's ServiceAccount create TokenReviews right now."""
         server = self.admin.with_token(self.server_token(namespace, bind=False))
         try:
-            token_review(server, "not-a-token", [AUDIENCE])
+            server.token_review("not-a-token", [AUDIENCE])
         except ApiError as exc:
             if exc.code == 403:
                 return False

@@ -12,6 +12,7 @@ kube-apiserver (tests.support.controlplane), so every answer is the real one:
     kube.delete('v1/configmaps', 'jobs', 'c')          # True if it existed
     kube.create_namespace('jobs'); kube.create_service_account('jobs', 'trainer')
     kube.token_for('jobs', 'trainer', ['mlflow'])     # TokenRequest: a real signed token
+    kube.token_review(token, ['mlflow'])              # the TokenReview status
     kube.delete_service_account('jobs', 'trainer')     # its tokens now fail TokenReview
 
 Resources are written `'v1/pods'`, `'apps/v1/deployments'`,
@@ -21,7 +22,6 @@ Errors raise ApiError with the API server's status code, reason and message.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +58,14 @@ def resource_path(resource: str, namespace: str | None, name: str | None = None,
 def resource_of(manifest: dict[str, Any]) -> str:
     """'apps/v1/deployments' for a Deployment manifest (plural by the usual English rule)."""
     kind = manifest["kind"].lower()
-    plural = kind + ("es" if kind.endswith(("s", "x", "ch")) else "s") if not kind.endswith("y") else kind[:-1] + "ies"
     if kind == "endpoints":
         plural = kind
+    elif kind.endswith("y"):
+        plural = kind[:-1] + "ies"
+    elif kind.endswith(("s", "x", "ch")):
+        plural = kind + "es"
+    else:
+        plural = kind + "s"
     return f"{manifest['apiVersion']}/{plural}"
 
 
@@ -201,8 +206,9 @@ class Kube:
             "spec": {"audiences": list(audiences), "expirationSeconds": expiration_seconds}})
         return review["status"]["token"]
 
+    def token_review(self, token: str, audiences: Sequence[str]) -> dict[str, Any]:
+        """The API server's verdict on `token` for `audiences` (the TokenReview status)."""
+        return self.create("authentication.k8s.io/v1/tokenreviews", {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token, "audiences": list(audiences)}})["status"]
 
-def temp_kubeconfig(kube: Kube, token: str | None = None) -> Path:
-    handle = tempfile.NamedTemporaryFile(prefix="kubeconfig-", suffix=".yaml", delete=False)
-    handle.close()
-    return kube.write_kubeconfig(handle.name, token=token)
