@@ -1,7 +1,9 @@
-"""Job side: `MLFLOW_TRACKING_AUTH=k8s-token` sends the pod's ServiceAccount token.
+"""`MLFLOW_TRACKING_AUTH=k8s-token`: the MLflow client sends the pod's ServiceAccount token.
 
-The token file is read on every request, so a token the kubelet rotates is picked up with
-no restart and no cache to go stale.
+The only module a job image needs to log to an mlflow-operator server. It depends on
+nothing beyond MLflow itself (`mlflow-skinny` is enough; `requests` comes with it). The
+token file is read on every request, so a token the kubelet rotates is picked up with no
+restart and no cache to go stale.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def read_token(path: str) -> str:
 
 
 class ServiceAccountTokenAuth(requests.auth.AuthBase):
+    """Sets `Authorization: Bearer <token>` from the token file, read for each request."""
+
     def __init__(self, path: str) -> None:
         self.path = path
 
@@ -48,6 +52,8 @@ class ServiceAccountTokenAuth(requests.auth.AuthBase):
 
 
 class K8sTokenAuthProvider(RequestAuthProvider):
+    """Registered as `k8s-token` (entry point group `mlflow.request_auth_provider`)."""
+
     def get_name(self) -> str:
         return "k8s-token"
 
