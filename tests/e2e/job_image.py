@@ -85,7 +85,7 @@ def distributions(python: Path) -> dict[str, str]:
     """{normalized name: version} of every distribution installed in `python`'s venv."""
     code = ("import importlib.metadata as m, json, re; print(json.dumps({re.sub(r'[-_.]+', '-', "
             "d.metadata['Name']).lower(): d.version for d in m.distributions()}))")
-    return json.loads(_run([str(python), "-c", code]))
+    return json.loads(_run([str(python), "-I", "-c", code]))  # -I: not the cwd's egg-info
 
 
 def job_python() -> Path:
