@@ -86,24 +86,47 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from mlflow_operator import preview
-    from mlflow_operator.model import SpecError
 
     try:
-        text = preview.render_file(args.filename, args.default_server_image)
-    except (OSError, ValueError, SpecError) as exc:
-        print(f"mlflow-operator render: {exc}", file=sys.stderr)
-        return 2
+        text = preview.render_file(args.filename, args.default_server_image, args.include_secrets)
+    except preview.RenderError as exc:
+        for problem in exc.problems:
+            print(f"mlflow-operator render: {problem}", file=sys.stderr)
+        count = len(exc.problems)
+        print(f"mlflow-operator render: {count} problem{'s' if count > 1 else ''}, nothing rendered",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"mlflow-operator render: cannot read {args.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     sys.stdout.write(text)
     return 0
 
 
 def add_render(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "render", help="print the objects the operator would create for an MLflowServer file")
+        "render", help="print the objects the operator would create for the MLflowServers of a file",
+        description="Print the objects the operator would create for every MLflowServer in a"
+                    " YAML file. The output is the same on every run for the same input: the"
+                    " generated Secrets (admin password, Flask secret key) are left out and"
+                    " the values derived from them use a fixed preview key. Exit status 1"
+                    " when the file has problems (all are listed), 2 for a usage error.")
     p.add_argument("-f", "--filename", required=True,
-                   help="YAML file with one MLflowServer ('-' reads standard input)")
+                   help="YAML file with one or more MLflowServers ('-' reads standard input)")
+    p.add_argument("--include-secrets", action="store_true",
+                   help="also print the generated Secrets, with freshly generated values"
+                        " (the output then differs on every run)")
     _add_image_option(p)
     p.set_defaults(func=_render)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlflow-operator")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "unknown (not installed)"
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run, add_render]
@@ -124,6 +147,7 @@ def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlflow-operator", description="Kubernetes operator for authenticated MLflow servers")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS + _optional_commands():
         add(subparsers)

@@ -5,17 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-class SpecError(Exception):
+class SpecError(ValueError):
     """An MLflowServer spec the operator cannot act on.
 
     `reason` is CamelCase (for conditions and Events); `message` is for humans and
-    never contains secret values.
+    never contains secret values. `problems`: one line per invalid field, each starting
+    with its path (`spec.auth.issuers[1]: ...`), when the spec had several.
+
+    A ValueError so that pydantic collects it like its own field errors: one validation
+    reports every rule a spec breaks, not only the first (see `model.parse_spec`).
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.problems = problems or (message,)
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"

@@ -331,14 +331,42 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _describe(error: ValidationError) -> str:
-    # Built from locations and messages only: pydantic's own str() echoes input values,
-    # and a user may have pasted a secret into the wrong field.
-    parts = []
+def _path(loc: tuple[int | str, ...]) -> str:
+    """`spec.auth.issuers[1]` from pydantic's ('auth', 'issuers', 1)."""
+    return "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+
+
+# A rule's message that starts with the field it is about ("server.extraArgs: ...").
+_NAMES_A_FIELD = re.compile(r"^[a-z][A-Za-z0-9]*(\.[a-z][A-Za-z0-9]*)*[ :=.\[(]")
+
+
+def _problems(error: ValidationError) -> list[tuple[str, str]]:
+    """(reason, line) per problem; each line starts with the path of its field.
+
+    Built from locations and messages only: pydantic's own str() echoes input values,
+    and a user may have pasted a secret into the wrong field.
+    """
+    found = []
     for item in error.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in item["loc"]) or "spec"
-        parts.append(f"spec.{where}: {item['msg']}" if where != "spec" else item["msg"])
-    return "; ".join(parts)
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, SpecError):  # one of our own rules, with its reason
+            text = f"spec.{cause.message}" if _NAMES_A_FIELD.match(cause.message) \
+                else f"{_path(item['loc'])}: {cause.message}"
+            found.append((cause.reason, text))
+        else:
+            found.append(("InvalidSpec", f"{_path(item['loc'])}: {item['msg']}"))
+    return found
+
+
+def _spec_error(error: ValidationError) -> SpecError:
+    problems = _problems(error)
+    causes = [(item.get("ctx") or {}).get("error") for item in error.errors(include_url=False)]
+    if len(causes) == 1 and isinstance(causes[0], SpecError):
+        return SpecError(causes[0].reason, causes[0].message, (problems[0][1],))
+    reasons = {reason for reason, _ in problems}
+    reason = reasons.pop() if len(reasons) == 1 else "InvalidSpec"
+    lines = tuple(line for _, line in problems)
+    return SpecError(reason, "; ".join(lines), lines)
 
 
 def check_image(value: str) -> str:
@@ -354,10 +382,10 @@ def parse_spec(spec: Mapping[str, Any] | None, default_image: str = DEFAULT_IMAG
     `default_image`: the server image when `spec.image` is unset (the operator's
     `--default-server-image`, e.g. a mirror in an air-gapped cluster).
     """
-    # SpecError raised in our validators is not a ValueError, so pydantic lets it
-    # through unwrapped, with its own reason.
+    # SpecError is a ValueError: pydantic collects those raised by our validators with
+    # its own errors, so every problem of the spec is reported at once.
     try:
         return MLflowServerSpec.model_validate(
             _plain(spec or {}), context={"default_image": check_image(default_image)})
     except ValidationError as error:
-        raise SpecError("InvalidSpec", _describe(error)) from None
+        raise _spec_error(error) from None

@@ -31,6 +31,7 @@ def test_render_prints_what_the_operator_applies_for_the_examples():
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("# Rendered by `mlflow-operator render`")
         assert "never regenerates them" in result.stdout
+        assert result.stdout == cli("render", "-f", str(path)).stdout
         objects = _docs(result.stdout)
         kinds = [o["kind"] for o in objects]
         # Apply order: the migration Job before the Deployment that waits for it.
@@ -46,37 +47,131 @@ def test_render_prints_what_the_operator_applies_for_the_examples():
             assert "Ingress" in kinds
 
 
-def test_render_shows_user_secret_values_as_placeholders_and_fresh_generated_ones(tmp_path):
+SERVER = {"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
+          "metadata": {"name": "tracking", "namespace": "ml"},
+          "spec": {"backendStore": {"uriSecretRef": {"name": "db", "key": "uri"}}}}
+
+
+def _by_name(text: str) -> dict[str, dict]:
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in _docs(text)}
+
+
+def test_render_twice_prints_the_same_bytes_without_generated_secrets(tmp_path):
     manifest = tmp_path / "server.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
-        "metadata": {"name": "tracking", "namespace": "ml"},
-        "spec": {"backendStore": {"uriSecretRef": {"name": "db", "key": "uri"}}}}))
+    manifest.write_text(yaml.safe_dump(SERVER))
     first, second = cli("render", "-f", str(manifest)), cli("render", "-f", "-", stdin=manifest.read_text())
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout  # what a GitOps repository commits diffs cleanly
     assert "<from Secret db key uri>" in first.stdout
-    secrets = [o for o in _docs(first.stdout) if o["kind"] == "Secret"]
-    assert {s["metadata"]["name"] for s in secrets} >= {"tracking-config", "tracking-admin", "tracking-secret-key"}
-    admin = lambda text: next(o for o in _docs(text) if o["metadata"]["name"] == "tracking-admin")  # noqa: E731
-    assert admin(first.stdout) != admin(second.stdout)  # a preview, generated afresh each time
+    objects = _by_name(first.stdout)
+    assert "Secret/tracking-config" in objects
+    assert "Secret/tracking-admin" not in objects and "Secret/tracking-secret-key" not in objects
+    assert "left out (--include-secrets shows them): Secret tracking-admin, Secret tracking-secret-key" \
+        in first.stdout
+    job = next(name for name in objects if name.startswith("Job/tracking-migrate-"))
+    # A spec change that the cluster's Job name follows (the image) moves the preview's too.
+    manifest.write_text(yaml.safe_dump({**SERVER, "spec": {**SERVER["spec"], "image": "own.example/m:2"}}))
+    changed = _by_name(cli("render", "-f", str(manifest)).stdout)
+    assert job not in changed and any(n.startswith("Job/tracking-migrate-") for n in changed)
 
 
-def test_render_rejects_bad_input_with_one_clear_line(tmp_path):
+def test_render_include_secrets_prints_fresh_generated_values(tmp_path):
+    manifest = tmp_path / "server.yaml"
+    manifest.write_text(yaml.safe_dump(SERVER))
+    first, second = (cli("render", "-f", str(manifest), "--include-secrets") for _ in range(2))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    a, b = _by_name(first.stdout), _by_name(second.stdout)
+    for name in ("Secret/tracking-admin", "Secret/tracking-secret-key"):
+        assert a[name]["stringData"] != b[name]["stringData"]  # generated afresh each time
+    assert len(a["Secret/tracking-admin"]["stringData"]["password"]) >= 12
+    assert "fresh for this preview (--include-secrets)" in first.stdout
+    # The Job name is keyed with the (fresh) secret key, as in the cluster.
+    assert {n for n in a if n.startswith("Job/")} != {n for n in b if n.startswith("Job/")}
+
+
+def _run_render(path: Path) -> list[str]:
+    result = cli("render", "-f", str(path))
+    assert result.returncode == 1, result.stdout
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("mlflow-operator render: ") for line in lines), lines
+    return [line.removeprefix("mlflow-operator render: ") for line in lines]
+
+
+def test_render_reports_every_problem_of_every_document_at_once(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"apiVersion": "mlflow-operator.dev/v1alpha1", "kind": "MLflowServer",
-                                   "metadata": {"name": "x"}, "spec": {"replicas": 3}}))
-    not_yaml = tmp_path / "broken.yaml"
-    not_yaml.write_text("spec: [unclosed\n")
+    bad.write_text(
+        "apiVersion: mlflow-operator.dev/v1alpha1\n"
+        "kind: MLflowServer\n"
+        "metadata: {name: a, namespace: ml}\n"
+        "spec:\n"
+        "  replicas: many\n"
+        "  tolerations: [{operator: Exists}, {operator: Sometimes}]\n"
+        "  server: {workers: 0}\n"
+        "  service: {port: 70000}\n"
+        "---\n"
+        "apiVersion: v1\n"
+        "kind: Secret\n"
+        "metadata: {name: other-objects-are-skipped}\n"
+        "---\n"
+        "apiVersion: mlflow-operator.dev/v1alpha1\n"
+        "kind: MLflowServer\n"
+        "metadata: {name: b}\n"
+        "spec: {replicas: 3}\n"
+        "---\n"
+        "apiVersion: mlflow-operator.dev/v1\n"
+        "kind: MLflowServer\n"
+        "metadata: {}\n")
+    lines = _run_render(bad)
+    where = f"{bad}:1: MLflowServer ml/a: "
+    assert lines == [
+        where + "spec.replicas: Input should be a valid integer, unable to parse string as an integer (InvalidSpec)",
+        where + "spec.tolerations[1].operator: Input should be 'Exists' or 'Equal' (InvalidSpec)",
+        where + "spec.server.workers: Input should be greater than or equal to 1 (InvalidSpec)",
+        where + "spec.service.port: Input should be less than or equal to 65535 (InvalidSpec)",
+        f"{bad}:14: MLflowServer default/b: spec.replicas > 1 requires backendStore.uriSecretRef (an external"
+        " database); sqlite on a volume cannot be shared by several pods (SqliteWithReplicas)",
+        f"{bad}:19: document 4 (MLflowServer): apiVersion must be mlflow-operator.dev/v1alpha1,"
+        " not 'mlflow-operator.dev/v1'",
+        f"{bad}:19: document 4 (MLflowServer): metadata.name is required",
+        "7 problems, nothing rendered",
+    ], lines
+
+
+def test_render_names_line_and_column_of_a_yaml_error(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("apiVersion: mlflow-operator.dev/v1alpha1\nkind: MLflowServer\nspec:\n  auth: [unclosed\n  replicas: 1\n")
+    lines = _run_render(broken)
+    assert lines[0].startswith(f"{broken}:5:11: not valid YAML: "), lines
+    assert "expected ',' or ']'" in lines[0]
+    assert lines[1] == "1 problem, nothing rendered"
+    tab = tmp_path / "tab.yaml"
+    tab.write_text("kind: MLflowServer\nspec:\n\treplicas: 1\n")
+    assert _run_render(tab)[0].startswith(f"{tab}:3:1: not valid YAML: ")
+
+
+def test_render_rejects_unusable_files_with_one_clear_line(tmp_path):
     other = tmp_path / "cm.yaml"
     other.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
-    cases = {str(bad): "SqliteWithReplicas", str(not_yaml): "not valid YAML",
-             str(other): "expected exactly one MLflowServer", str(tmp_path / "missing.yaml"): "No such file"}
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    cases = {other: f"{other}: no MLflowServer object (apiVersion mlflow-operator.dev/v1alpha1) in the file",
+             binary: f"{binary}: not a UTF-8 text file",
+             tmp_path / "missing.yaml": f"cannot read {tmp_path / 'missing.yaml'}: No such file or directory"}
     for path, message in cases.items():
-        result = cli("render", "-f", path)
-        assert result.returncode == 2, (path, result.stdout)
-        assert message in result.stderr
-        assert "Traceback" not in result.stderr
-        assert result.stderr.startswith("mlflow-operator render: ")
+        lines = _run_render(path)
+        assert lines[0] == message, lines
+    usage = cli("render")
+    assert usage.returncode == 2 and "the following arguments are required: -f/--filename" in usage.stderr
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"mlflow-operator {version('mlflow-operator')}"
 
 
 def test_run_without_credentials_says_so(tmp_path):
