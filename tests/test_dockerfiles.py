@@ -157,12 +157,15 @@ def build_context(dest: Path) -> None:
 
 # ---- helpers about the project -----------------------------------------------------------
 
+def uv_sync(stage: Stage) -> str:
+    """The stage's `uv sync ...` command (the install from uv.lock)."""
+    (command,) = [m.group(0) for run in stage.all("RUN")
+                  for m in re.finditer(r"uv sync[^&]*", run)]
+    return command.strip()
+
+
 def installed_extras(stage: Stage) -> set[str]:
-    found = set()
-    for run in stage.all("RUN"):
-        for match in re.finditer(r"\"\.\[([a-z0-9_,-]+)\]\"", run):
-            found |= set(match.group(1).split(","))
-    return found
+    return set(re.findall(r"--extra (\S+)", uv_sync(stage)))
 
 
 def final_user(stage: Stage) -> tuple[int, int]:
@@ -211,7 +214,7 @@ def test_final_stage_holds_only_the_venv(image: str) -> None:
     for run in final.all("RUN"):
         assert not re.search(r"apt-get|apk |pip |gcc|build-essential|make\b|curl|wget", run), run
     # The build stage is where the installer runs.
-    assert any("install" in run for b in builds for run in b.all("RUN"))
+    assert any("uv sync" in run for b in builds for run in b.all("RUN"))
 
 
 @pytest.mark.parametrize("image", DOCKERFILES)
@@ -235,8 +238,9 @@ def test_dockerignore_keeps_local_state_out() -> None:
                  "operator/mlflow_operator/__pycache__/cli.cpython-311.pyc", "bench/x.py",
                  "mlflow_operator.egg-info/PKG-INFO", "charts/mlflow-operator/Chart.yaml"):
         assert not in_context(path, rules), path
-    for path in ("pyproject.toml", "README.md", "operator/mlflow_operator/cli.py",
-                 "plugin/mlflow_k8s_auth/app.py"):
+    for path in ("pyproject.toml", "uv.lock", "README.md", "operator/mlflow_operator/cli.py",
+                 "plugin/mlflow_k8s_auth/app.py", "packages/mlflow-k8s-token/pyproject.toml",
+                 "packages/mlflow-k8s-token/src/mlflow_k8s_token/__init__.py"):
         assert in_context(path, rules), path
 
 
@@ -247,11 +251,25 @@ def test_installs_the_projects_extras(image: str, extras: set[str]) -> None:
     assert extras <= set(PYPROJECT["project"]["optional-dependencies"])
 
 
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_installs_exactly_the_lock_with_the_pinned_uv(image: str) -> None:
+    build = parse(DOCKERFILES[image])[0]
+    command = uv_sync(build)
+    # --frozen: uv.lock as it is, never re-resolved; --no-editable: no sources needed later
+    assert "--frozen" in command.split() and "--no-editable" in command.split()
+    assert env_of(build)["UV_PROJECT_ENVIRONMENT"] == VENV_BIN.removesuffix("/bin")
+    (pin,) = [d for d in PYPROJECT["project"]["optional-dependencies"]["dev"] if d.startswith("uv==")]
+    assert f"pip install {pin}" in build.all("RUN")
+    copied = {s for _, sources, _ in copies(build) for s in sources}
+    assert {"pyproject.toml", "uv.lock", "packages/mlflow-k8s-token/"} <= copied
+
+
 def test_operator_image_has_no_mlflow() -> None:
     deps = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["operator"]
     assert not [d for d in deps if Requirement(d).name.startswith("mlflow")]
-    # The operator's modules import without MLflow (None in sys.modules blocks an import).
-    code = ("import sys; sys.modules['mlflow'] = None; sys.modules['mlflow_k8s_auth'] = None\n"
+    # The operator's modules import without MLflow (None in sys.modules blocks an import);
+    # of the plugin they may use only mlflow_k8s_auth.config, which imports nothing of MLflow.
+    code = ("import sys; sys.modules['mlflow'] = None; sys.modules['mlflow_k8s_token'] = None\n"
             "import mlflow_operator.cli, mlflow_operator.runner, mlflow_operator.handlers, "
             "mlflow_operator.preview")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -317,18 +335,22 @@ def test_operator_image_install_step_yields_a_working_operator_without_mlflow(tm
     context = tmp_path / "context"
     build_context(context)
     build = parse(DOCKERFILES["operator"])[0]
-    install = next(run for run in build.all("RUN") if "install" in run)
-    assert '--python /opt/venv/bin/python install --compile ".[operator]"' in install
+    command = uv_sync(build).split()
+    assert command[:2] == ["uv", "sync"]
+    python_flag = command.index("--python")
+    del command[python_flag:python_flag + 2]  # the image's Python is this one here
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-         "--quiet", "--compile", ".[operator]"],
-        cwd=context, capture_output=True, text=True, timeout=600)
+    uv = Path(sys.executable).with_name("uv")
+    env = {**{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+           **env_of(build), "UV_PROJECT_ENVIRONMENT": str(venv)}
+    env.pop("UV_NO_CACHE")  # the uv cache makes the replay fast; the image has none
+    result = subprocess.run([str(uv), *command[1:], "--python", sys.executable, "--quiet"],
+                            cwd=context, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     blocked = subprocess.run([str(venv / "bin" / "python"), "-c", "import mlflow"],
                              capture_output=True, text=True, timeout=60)
     assert blocked.returncode != 0 and "No module named 'mlflow'" in blocked.stderr
+    assert not (venv / "bin" / "pip").exists()
     out = subprocess.run([str(venv / "bin" / "mlflow-operator"), "render", "-f",
                           str(ROOT / "examples" / "minimal.yaml")],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
