@@ -1,8 +1,9 @@
 """`authenticate_request`: MLflow's `authorization_function` for ServiceAccount tokens.
 
-Flow: credentials -> (cache | pre-check -> TokenReview -> policy -> JIT user) -> werkzeug
-Authorization. Works from headers alone (MLflow's FastAPI bridge gives a partial request
-context), memoises per request in `flask.g`, and never raises.
+Flow: credentials -> (cache | pre-check -> signature check and/or TokenReview (per
+`token_validation`) -> policy -> JIT user) -> werkzeug Authorization. Works from headers
+alone (MLflow's FastAPI bridge gives a partial request context), memoises per request in
+`flask.g`, and never raises.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from flask import Response, g, request
 from werkzeug.datastructures import Authorization
 
 from . import metrics, responses, runtime
+from .jwks import Verified
 from .credentials import Basic, Bearer, Malformed, extract, is_gateway_route
 from .outcomes import Invalid, ReviewOutcome, Reviewed, Unavailable
 from .policy import Forbidden, Grant, decide
@@ -77,10 +79,24 @@ def _bearer(credentials: Bearer, allow_basic: bool) -> Result:
     return _answer(outcome, allow_basic)
 
 
+def _validate(state: runtime.Runtime, token: str, claims: Claims) -> ReviewOutcome:
+    """`token_validation`: with jwks a forged token stops at the local signature check (no
+    TokenReview); jwks+tokenreview then asks the API server, which alone sees a deleted
+    ServiceAccount or pod; jwks alone trusts the verified claims until the token expires."""
+    if state.verifier is not None:
+        verified = state.verifier.verify(token)
+        if not isinstance(verified, Verified):
+            return verified
+        if not state.config.uses_tokenreview:
+            return Reviewed(username=verified.username, namespace=verified.namespace, name=verified.name,
+                            expires_at=verified.expires_at)
+    return state.reviewer.review(token, claims)
+
+
 def _review(token: str, claims: Claims) -> ReviewOutcome:
-    """TokenReview, then (for a valid, allowed ServiceAccount) make its MLflow user current."""
+    """Validate the token, then (for a valid, allowed ServiceAccount) make its MLflow user current."""
     state = runtime.current()
-    outcome = state.reviewer.review(token, claims)
+    outcome = _validate(state, token, claims)
     if isinstance(outcome, Reviewed):
         grant = decide(state.config, outcome)
         if isinstance(grant, Grant):
@@ -101,7 +117,7 @@ def _answer(outcome: ReviewOutcome, allow_basic: bool) -> Result:
     state = runtime.current()
     if isinstance(outcome, Unavailable):
         metrics.AUTH_DECISIONS.labels(method="bearer", result="unavailable").inc()
-        return responses.unavailable(_unavailable_message(outcome))
+        return responses.unavailable(_unavailable_message(outcome), outcome.retry_after)
     if isinstance(outcome, Invalid):
         return _deny("bearer", outcome.reason, allow_basic)
     grant = decide(state.config, outcome)
@@ -117,6 +133,10 @@ def _unavailable_message(outcome: Unavailable) -> str:
         # The API server refused the server's own credentials: waiting alone will not fix it.
         return ("cannot verify the token: the Kubernetes API refused this server's own credentials "
                 "(its ServiceAccount needs permission to create TokenReviews: system:auth-delegator)")
+    if outcome.reason == "rate_limited":
+        return "this server is verifying too many new tokens right now (TokenReview rate limit), retry shortly"
+    if outcome.reason == "jwks":
+        return "cannot fetch the cluster's token signing keys right now, retry shortly"
     return "cannot verify the token right now, retry shortly"
 
 

@@ -7,6 +7,7 @@ MLflow) imports `load_config` to check the ini it renders before writing it.
 from __future__ import annotations
 
 import configparser
+import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -37,7 +38,15 @@ _KNOWN_KEYS = frozenset({
     "permission_cache_ttl_seconds",
     "allow_basic_auth",
     "kubeconfig",
+    "token_validation",
+    "jwks_refresh_min_interval_seconds",
+    "tokenreview_rate_per_second",
+    "tokenreview_burst",
 })
+
+# How a bearer token is verified (DESIGN.md's fixed names): TokenReview only, the
+# signature checked locally first (forgeries never reach the API server), or only locally.
+TOKEN_VALIDATION_MODES = ("tokenreview", "jwks+tokenreview", "jwks")
 
 
 class ConfigError(ValueError):
@@ -75,7 +84,21 @@ class K8sAuthConfig:
     permission_cache_ttl_seconds: float = 0.0
     allow_basic_auth: bool = True
     kubeconfig: str | None = None
+    token_validation: str = "jwks+tokenreview"
+    # An unknown key id refetches the cluster's signing keys at most this often.
+    jwks_refresh_min_interval_seconds: float = 10.0
+    # Uncached TokenReviews per process: a token bucket (rate refill, burst capacity).
+    tokenreview_rate_per_second: float = 50.0
+    tokenreview_burst: int = 100
     source: str = field(default="", compare=False)
+
+    @property
+    def uses_jwks(self) -> bool:
+        return self.token_validation in ("jwks", "jwks+tokenreview")
+
+    @property
+    def uses_tokenreview(self) -> bool:
+        return self.token_validation in ("tokenreview", "jwks+tokenreview")
 
     def namespace_allowed(self, namespace: str) -> bool:
         return ANY_NAMESPACE in self.allowed_namespaces or namespace in self.allowed_namespaces
@@ -237,9 +260,49 @@ def _cache_settings(section: configparser.SectionProxy) -> dict[str, float | int
     }
 
 
+def _validation_settings(section: configparser.SectionProxy) -> dict[str, float | int | str]:
+    mode = section.get("token_validation", "jwks+tokenreview").strip().lower()
+    if mode not in TOKEN_VALIDATION_MODES:
+        raise ConfigError(
+            f"[{SECTION}] token_validation must be one of {' | '.join(TOKEN_VALIDATION_MODES)}, got {mode!r}"
+        )
+    return {
+        "token_validation": mode,
+        "jwks_refresh_min_interval_seconds": _number(
+            "jwks_refresh_min_interval_seconds", section.get("jwks_refresh_min_interval_seconds", "10"),
+            integer=False, minimum=0, allow_equal=False,
+        ),
+        "tokenreview_rate_per_second": _number(
+            "tokenreview_rate_per_second", section.get("tokenreview_rate_per_second", "50"),
+            integer=False, minimum=0, allow_equal=False,
+        ),
+        "tokenreview_burst": int(_number(
+            "tokenreview_burst", section.get("tokenreview_burst", "100"),
+            integer=True, minimum=1, allow_equal=True,
+        )),
+    }
+
+
 def load_config(path: str | Path) -> K8sAuthConfig:
     """Read the ini at `path` and return the validated settings, or raise `ConfigError`."""
-    parser = _read(path)
+    return _parse_checked(_read(path), path)
+
+
+def parse_config(text: str, source: str = "<rendered>") -> K8sAuthConfig:
+    """`load_config` of an ini held in memory: the operator runs it on every ini it renders.
+
+    Lines split as when the file is read (universal newlines), so both see the same values.
+    """
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_file(io.StringIO(text, newline=None), source)
+    except configparser.Error as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"auth config {source!r} is not a valid ini file: {first_line}") from None
+    return _parse_checked(parser, source)
+
+
+def _parse_checked(parser: configparser.ConfigParser, path: str | Path) -> K8sAuthConfig:
     try:
         return _parse(parser, path)
     except configparser.InterpolationError as exc:
@@ -270,4 +333,5 @@ def _parse(parser: configparser.ConfigParser, path: str | Path) -> K8sAuthConfig
         kubeconfig=kubeconfig,
         source=str(path),
         **_cache_settings(section),  # type: ignore[arg-type]
+        **_validation_settings(section),  # type: ignore[arg-type]
     )

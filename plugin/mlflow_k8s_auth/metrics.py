@@ -32,3 +32,18 @@ USERS_PROVISIONED = Counter(
     "mlflow_k8s_auth_users_created_total",
     "MLflow users created on first use of a ServiceAccount by this process",
 )
+JWKS_FETCHES = Counter(
+    "mlflow_k8s_auth_jwks_fetches_total",
+    "Fetches of the cluster's ServiceAccount signing keys (OIDC discovery + JWKS) by result",
+    ["result"],
+)
+SIGNATURE_FAILURES = Counter(
+    "mlflow_k8s_auth_signature_failures_total",
+    "Bearer tokens refused by the local signature check, by reason"
+    " (unknown_key, bad_signature, algorithm, claims); none of them cost a TokenReview",
+    ["reason"],
+)
+RATE_LIMITED = Counter(
+    "mlflow_k8s_auth_rate_limited_total",
+    "Requests answered 503 because the per-process TokenReview rate limit was reached",
+)

@@ -27,6 +27,8 @@ class Unavailable:
     """The API server could not answer (HTTP 503, retry later). Never cached."""
 
     reason: str
+    # Seconds the client should wait (Retry-After); None: the default.
+    retry_after: float | None = None
 
 
 ReviewOutcome = Reviewed | Invalid | Unavailable

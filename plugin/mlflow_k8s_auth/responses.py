@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from flask import Response
 
@@ -27,7 +28,8 @@ def forbidden(message: str) -> Response:
     return _json(403, "PERMISSION_DENIED", message)
 
 
-def unavailable(message: str) -> Response:
+def unavailable(message: str, retry_after: float | None = None) -> Response:
     response = _json(503, "TEMPORARILY_UNAVAILABLE", message)
-    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    seconds = RETRY_AFTER_SECONDS if retry_after is None else max(1, math.ceil(retry_after))
+    response.headers["Retry-After"] = str(seconds)
     return response

@@ -9,7 +9,9 @@ from typing import Any
 
 from .cache import ReviewCache
 from .config import K8sAuthConfig, load_config
-from .tokenreview import TokenReviewer, build_api
+from .jwks import ApiServerDocuments, JwksVerifier, SigningKeys
+from .ratelimit import TokenBucket
+from .tokenreview import TokenReviewer, build_api, build_api_client
 from .users import UserProvisioner
 
 
@@ -19,6 +21,16 @@ class Runtime:
     cache: ReviewCache
     reviewer: TokenReviewer
     provisioner: UserProvisioner
+    # The local signature check (token_validation jwks or jwks+tokenreview), else None.
+    verifier: JwksVerifier | None = None
+
+
+def build_verifier(config: K8sAuthConfig) -> JwksVerifier | None:
+    if not config.uses_jwks:
+        return None
+    documents = ApiServerDocuments(lambda: build_api_client(config.kubeconfig), config.tokenreview_timeout_seconds)
+    keys = SigningKeys(documents, config.jwks_refresh_min_interval_seconds)
+    return JwksVerifier(keys, config.audiences, config.issuers)
 
 
 def build_runtime(config: K8sAuthConfig, store: Any) -> Runtime:
@@ -31,9 +43,11 @@ def build_runtime(config: K8sAuthConfig, store: Any) -> Runtime:
             config.cache_max_entries,
         ),
         reviewer=TokenReviewer(
-            lambda: build_api(config.kubeconfig), config.audiences, config.tokenreview_timeout_seconds
+            lambda: build_api(config.kubeconfig), config.audiences, config.tokenreview_timeout_seconds,
+            TokenBucket(config.tokenreview_rate_per_second, config.tokenreview_burst),
         ),
         provisioner=UserProvisioner(store),
+        verifier=build_verifier(config),
     )
 
 

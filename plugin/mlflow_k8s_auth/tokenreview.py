@@ -19,12 +19,14 @@ from kubernetes.client.exceptions import ApiException, OpenApiException
 from . import metrics
 from .outcomes import Invalid, ReviewOutcome, Reviewed, Unavailable
 from .precheck import Claims, split_service_account
+from .ratelimit import TokenBucket
 
 _logger = logging.getLogger(__name__)
 
 
-def build_api(kubeconfig: str | None) -> k8s.AuthenticationV1Api:
-    """A client from the kubeconfig file, or the in-cluster ServiceAccount when empty."""
+def build_api_client(kubeconfig: str | None) -> k8s.ApiClient:
+    """The server's own identity: the kubeconfig file, or the in-cluster ServiceAccount when
+    empty. TokenReviews and the signing-key fetches (jwks.py) both go out as it."""
     configuration = k8s.Configuration()
     if kubeconfig:
         k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
@@ -37,7 +39,11 @@ def build_api(kubeconfig: str | None) -> k8s.AuthenticationV1Api:
         k8s_config.load_incluster_config(client_configuration=configuration)
     # Fail fast: the client answers 503 + Retry-After and retries itself.
     configuration.retries = 0
-    return k8s.AuthenticationV1Api(k8s.ApiClient(configuration))
+    return k8s.ApiClient(configuration)
+
+
+def build_api(kubeconfig: str | None) -> k8s.AuthenticationV1Api:
+    return k8s.AuthenticationV1Api(build_api_client(kubeconfig))
 
 
 def _failure_kind(exc: BaseException) -> str:
@@ -57,8 +63,10 @@ class TokenReviewer:
         api_factory: Callable[[], k8s.AuthenticationV1Api],
         audiences: tuple[str, ...],
         timeout_seconds: float,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self._api_factory = api_factory
+        self._limiter = limiter
         self._api: k8s.AuthenticationV1Api | None = None
         self._audiences = list(audiences)
         self._timeout = timeout_seconds
@@ -69,6 +77,12 @@ class TokenReviewer:
         return self._api
 
     def review(self, token: str, claims: Claims) -> ReviewOutcome:
+        """One TokenReview, unless this process is over its rate limit (then 503 + Retry-After)."""
+        if self._limiter is not None:
+            wait = self._limiter.try_acquire()
+            if wait > 0:
+                metrics.RATE_LIMITED.inc()
+                return Unavailable("rate_limited", retry_after=wait)
         started = time.perf_counter()
         try:
             outcome = self._call(token, claims)

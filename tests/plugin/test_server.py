@@ -204,10 +204,12 @@ BAD_BEARERS: dict[str, tuple[Callable[[Env], str], int]] = {
     "recreated-service-account": (_recreated, 401),
     "namespace-not-allowed": (lambda e: e.token("outsiders", "intruder"), 403),
 }
-# Which of them the pre-check refuses without asking the API server (it does not verify
-# signatures: a cut signature, a foreign key and a gone ServiceAccount take a TokenReview).
+# Which of them are refused without asking the API server: the pre-check and (with the
+# default token_validation = jwks+tokenreview) the signature check; a gone or re-created
+# ServiceAccount still has a valid signature and takes a TokenReview.
 REFUSED_LOCALLY = {"garbage", "alg-none", "hs256", "hs256-keyed-with-public-key",
-                   "wrong-audience", "api-server-audience", "wrong-issuer", "expired", "not-yet-valid"}
+                   "wrong-audience", "api-server-audience", "wrong-issuer", "expired", "not-yet-valid",
+                   "truncated-jwt", "untrusted-signing-key"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_BEARERS))
