@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
-from . import permission_cache, permission_fast_path, route_memo, runtime
+from . import namespace_ownership, permission_cache, permission_fast_path, role_guard, route_memo, runtime
 from .config import ConfigError, K8sAuthConfig, load_config
+from .redact import redact
 
 _PREFIX = "mlflow-k8s-auth"
-_URI_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 def _fail(message: str) -> None:
@@ -44,12 +43,14 @@ def _validated_config() -> K8sAuthConfig:
 
 
 def _redact(text: str) -> str:
-    return _URI_PASSWORD.sub(r"\1***@", text.splitlines()[0] if text else "")
+    """The first line of `text`, without any database password this process was given."""
+    return redact(text.splitlines()[0] if text else "")
 
 
-def _bootstrap_in_cli_process() -> None:
+def _bootstrap_in_cli_process(config: K8sAuthConfig) -> None:
     """Open (and if needed migrate) the auth DB and create the admin user once, before any
-    worker starts, as MLflow does for its own basic-auth app."""
+    worker starts, as MLflow does for its own basic-auth app; then bring the namespace roles
+    in line with `namespace_permissions` (revoking those the config no longer names)."""
     if os.environ.get("_MLFLOW_SGI_NAME") or os.environ.get("_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"):
         return  # a worker, or already done
     try:
@@ -57,6 +58,9 @@ def _bootstrap_in_cli_process() -> None:
 
         get_flask_server_secret_key()
         bootstrap_admin_user()
+        from mlflow.server.auth import store
+
+        namespace_ownership.reconcile(store, dict(config.namespace_permissions))
     except Exception as exc:  # one clear line, no traceback, no database password
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         _fail(f"cannot start: {_redact(str(message))}")
@@ -68,7 +72,7 @@ def _bootstrap_in_cli_process() -> None:
 
 
 CONFIG = _validated_config()
-_bootstrap_in_cli_process()
+_bootstrap_in_cli_process(CONFIG)
 
 
 def _configure_logging() -> None:
@@ -95,6 +99,10 @@ def create_app(app: Any = None) -> Any:
     runtime.install(runtime.build_runtime(CONFIG, mlflow_auth.store))
     permission_cache.install(mlflow_auth.store, CONFIG.permission_cache_ttl_seconds, CONFIG.cache_max_entries)
     route_memo.install()
-    created = mlflow_auth.create_app() if app is None else mlflow_auth.create_app(app)
+    try:
+        created = mlflow_auth.create_app() if app is None else mlflow_auth.create_app(app)
+    except Exception as exc:  # e.g. the auth DB unreachable from a worker: no password in the trace
+        raise RuntimeError(f"{_PREFIX}: cannot start: {_redact(str(exc) or type(exc).__name__)}") from None
+    role_guard.install(app if app is not None else mlflow_auth.app)
     permission_fast_path.install(created)  # the FastAPI app (uvicorn); a Flask app is left as is
     return created

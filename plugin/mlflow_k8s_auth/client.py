@@ -3,11 +3,14 @@
 Adds to MLflow's AuthServiceClient: `whoami()` and per-namespace permissions (one MLflow
 role per Kubernetes namespace that every ServiceAccount of it gets on its next login).
 Namespaces listed in the server's `[k8s_auth] namespace_permissions` are owned by that
-config; this client manages the others.
+config: the server refuses to change or remove them through the API (400, with a message
+saying so), and this client raises that as an `MlflowException`. This client manages the
+others.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -19,11 +22,24 @@ from .namespace_roles import (
     CLIENT_MARKER,
     ROLE_RESOURCE_TYPES,
     ROLE_WORKSPACE,
+    Owner,
+    config_owned_message,
     description,
     grantable,
+    is_config_owned,
     namespace_of,
+    owner_of,
     role_name,
 )
+
+
+@dataclass(frozen=True)
+class NamespacePermission:
+    """A namespace's permission and who owns it: `config` (the server's
+    `namespace_permissions`) or `admin` (this client or MLflow's role API)."""
+
+    permission: str | None  # None: a role edited by hand into mixed grants
+    owner: Owner
 
 
 class K8sAuthServiceClient(AuthServiceClient):
@@ -42,7 +58,10 @@ class K8sAuthServiceClient(AuthServiceClient):
             raise MlflowException.invalid_parameter_value(
                 f"permission must be one of {', '.join(sorted(PERMISSIONS))}, got {permission!r}"
             )
-        role = self._namespace_role(namespace) or self.create_role(
+        role = self._namespace_role(namespace)
+        if role is not None and is_config_owned(role):
+            raise MlflowException.invalid_parameter_value(config_owned_message(namespace))
+        role = role or self.create_role(
             ROLE_WORKSPACE, role_name(namespace), description(namespace, CLIENT_MARKER)
         )
         existing = {rp.resource_type: rp for rp in self.list_role_permissions(role.id)}
@@ -59,25 +78,29 @@ class K8sAuthServiceClient(AuthServiceClient):
 
     def get_namespace_permission(self, namespace: str) -> str | None:
         role = self._namespace_role(namespace)
-        if role is None:
-            return None
+        return None if role is None else self._permission_of(role)
+
+    def list_namespace_permissions(self) -> dict[str, NamespacePermission]:
+        """The namespace permissions in effect, each with its owner. A role the server parked
+        (an admin's, while the config names its namespace) is not in effect and not listed."""
+        return {
+            ns: NamespacePermission(self._permission_of(role), owner_of(role))
+            for role in self.list_roles(ROLE_WORKSPACE)
+            if (ns := namespace_of(role.name))
+        }
+
+    def remove_namespace_permission(self, namespace: str) -> None:
+        """Delete an admin-owned namespace role; the server answers 400 for a config-owned one."""
+        role = self._namespace_role(namespace)
+        if role is not None:
+            self.delete_role(role.id)
+
+    def _permission_of(self, role: Any) -> str | None:
         permissions = {rp.permission for rp in self.list_role_permissions(role.id)}
         if len(permissions) != 1:
             return None  # edited by hand into a mixed role
         permission = permissions.pop()
         return "NO_PERMISSIONS" if permission == "DENY" else permission
-
-    def list_namespace_permissions(self) -> dict[str, str | None]:
-        return {
-            ns: self.get_namespace_permission(ns)
-            for ns in (namespace_of(r.name) for r in self.list_roles(ROLE_WORKSPACE))
-            if ns
-        }
-
-    def remove_namespace_permission(self, namespace: str) -> None:
-        role = self._namespace_role(namespace)
-        if role is not None:
-            self.delete_role(role.id)
 
     def _namespace_users(self, namespace: str) -> list[str]:
         prefix = f"system:serviceaccount:{namespace}:"

@@ -2,7 +2,11 @@
 
 Creation is insert-or-get on the users table's unique username, so any number of threads,
 uvicorn workers or server replicas sharing one auth database create each user once. The
-admin flag and the namespace role are brought in line with the config on every sync.
+admin flag and the namespace role are brought in line with the config on every sync:
+the config's role (owned by the config, see `namespace_ownership`) for a namespace the
+config names, else the role an admin made for it, else none. The id of a config role is
+trusted for `ROLE_ID_TTL_SECONDS` only, and forgotten at once when the role turns out to be
+gone, so a deleted role is made again on the next login instead of failing every login.
 """
 
 from __future__ import annotations
@@ -12,39 +16,26 @@ import secrets
 import threading
 from typing import TYPE_CHECKING, Any
 
+from cachetools import TTLCache
+
 from . import metrics
-from .namespace_roles import (
-    CONFIG_MARKER,
-    ROLE_PREFIX,
-    ROLE_RESOURCE_TYPES,
-    ROLE_WORKSPACE,
-    description,
-    grantable,
-    role_name,
-)
+from .namespace_ownership import ensure_config_role, find_role, is_duplicate, is_missing, release
+from .namespace_roles import ROLE_PREFIX, is_config_owned, role_name
 from .policy import Grant
 
 if TYPE_CHECKING:
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
 _logger = logging.getLogger(__name__)
-
-def _is_duplicate(exc: Exception) -> bool:
-    from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import IntegrityError
-
-    if isinstance(exc, IntegrityError):
-        return True
-    # The store wraps a unique violation found at commit time as BAD_REQUEST.
-    return isinstance(exc, MlflowException) and (
-        exc.error_code == "RESOURCE_ALREADY_EXISTS" or isinstance(exc.__cause__, IntegrityError)
-    )
+# How long a process trusts the id of a config-owned role before reading it again; a role
+# found gone (RESOURCE_DOES_NOT_EXIST) is forgotten at once and made again.
+ROLE_ID_TTL_SECONDS = 30.0
 
 
 class UserProvisioner:
-    def __init__(self, store: SqlAlchemyStore) -> None:
+    def __init__(self, store: SqlAlchemyStore, role_id_ttl_seconds: float = ROLE_ID_TTL_SECONDS) -> None:
         self._store = store
-        self._role_ids: dict[tuple[str, str], int] = {}
+        self._role_ids: TTLCache[tuple[str, str], int] = TTLCache(maxsize=4096, ttl=role_id_ttl_seconds)
         self._lock = threading.Lock()
 
     def sync(self, grant: Grant) -> None:
@@ -68,7 +59,7 @@ class UserProvisioner:
             _logger.info("Created MLflow user %s", grant.username)
             return user
         except Exception as exc:
-            if not _is_duplicate(exc):
+            if not is_duplicate(exc):
                 raise
         # Another thread, worker or replica won the insert.
         return self._store.get_user(grant.username)
@@ -78,65 +69,60 @@ class UserProvisioner:
         current = {r.id for r in self._store.list_user_roles(user_id) if r.name.startswith(ROLE_PREFIX)}
         for role_id in current - {wanted}:
             self._ignore_missing(lambda: self._store.unassign_role_from_user(user_id, role_id))
-        if wanted is not None and wanted not in current:
-            try:
-                self._store.assign_role_to_user(user_id, wanted)
-            except Exception as exc:
-                if not _is_duplicate(exc):
-                    raise
+        if wanted is None or wanted in current:
+            return
+        try:
+            self._assign(user_id, wanted)
+        except Exception as exc:
+            if not is_missing(exc):
+                raise
+            # The role vanished (deleted by hand, or released by a replica with another
+            # config): forget its id, resolve or make it again, and retry once.
+            self._forget(grant.namespace)
+            wanted = self._namespace_role_id(grant)
+            if wanted is not None:
+                self._assign(user_id, wanted)
+
+    def _assign(self, user_id: int, role_id: int) -> None:
+        try:
+            self._store.assign_role_to_user(user_id, role_id)
+        except Exception as exc:
+            if not is_duplicate(exc):
+                raise
 
     def _namespace_role_id(self, grant: Grant) -> int | None:
-        """The config's role for the namespace, else one an admin made with the client."""
+        """The config's role for the namespace, else the one an admin made."""
         if grant.namespace_permission:
-            return self._ensure_role(grant.namespace, grant.namespace_permission)
-        from mlflow.exceptions import MlflowException
+            return self._config_role_id(grant.namespace, grant.namespace_permission)
+        role = find_role(self._store, role_name(grant.namespace))
+        if role is None or not is_config_owned(role):
+            return None if role is None else role.id
+        # Made by a process whose config named the namespace; ours does not: release it (an
+        # admin's role it displaced comes back) so the grant cannot outlive the config.
+        release(self._store, grant.namespace)
+        role = find_role(self._store, role_name(grant.namespace))
+        return None if role is None or is_config_owned(role) else role.id
 
-        try:
-            role = self._store.get_role_by_name(ROLE_WORKSPACE, role_name(grant.namespace))
-        except MlflowException:
-            return None
-        # A config-made role whose namespace left the config no longer grants anything.
-        return None if CONFIG_MARKER in (role.description or "") else role.id
-
-    def _ensure_role(self, namespace: str, permission: str) -> int:
+    def _config_role_id(self, namespace: str, permission: str) -> int:
         key = (namespace, permission)
         with self._lock:
-            if key in self._role_ids:
-                return self._role_ids[key]
-        role = self._get_or_create_role(namespace)
-        self._sync_role_permissions(role.id, grantable(permission))
+            cached = self._role_ids.get(key)
+        if cached is not None:
+            return cached
+        role = ensure_config_role(self._store, namespace, permission)
         with self._lock:
             self._role_ids[key] = role.id
-        return role.id
+        return int(role.id)
 
-    def _get_or_create_role(self, namespace: str) -> Any:
-        name = role_name(namespace)
-        try:
-            return self._store.create_role(name, ROLE_WORKSPACE, description=description(namespace, CONFIG_MARKER))
-        except Exception as exc:
-            if not _is_duplicate(exc):
-                raise
-        return self._store.get_role_by_name(ROLE_WORKSPACE, name)
-
-    def _sync_role_permissions(self, role_id: int, permission: str) -> None:
-        existing = {rp.resource_type: rp for rp in self._store.list_role_permissions(role_id)}
-        for resource_type in ROLE_RESOURCE_TYPES:
-            row = existing.get(resource_type)
-            if row is None:
-                try:
-                    self._store.add_role_permission(role_id, resource_type, "*", permission)
-                except Exception as exc:
-                    if not _is_duplicate(exc):
-                        raise
-            elif row.permission != permission:
-                self._store.update_role_permission(row.id, permission)
+    def _forget(self, namespace: str) -> None:
+        with self._lock:
+            for key in [k for k in self._role_ids if k[0] == namespace]:
+                self._role_ids.pop(key, None)
 
     @staticmethod
     def _ignore_missing(action: Any) -> None:
-        from mlflow.exceptions import MlflowException
-
         try:
             action()
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+        except Exception as exc:
+            if not is_missing(exc):
                 raise

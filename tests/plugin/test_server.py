@@ -369,7 +369,7 @@ def test_namespace_permissions(env: Env, monkeypatch: pytest.MonkeyPatch) -> Non
     team_read = env.ns["team-read"]
     admin_client.set_namespace_permission(team_read, "EDIT")
     assert admin_client.get_namespace_permission(team_read) == "EDIT"
-    assert admin_client.list_namespace_permissions()[env.ns["team-edit"]] == "EDIT"
+    assert admin_client.list_namespace_permissions()[env.ns["team-edit"]].permission == "EDIT"
     assert requests.post(set_tag, json=body, headers=reader, timeout=10).status_code == 200
     admin_client.remove_namespace_permission(team_read)
     assert admin_client.get_namespace_permission(team_read) is None
