@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from mlflow_operator.model import DEFAULT_IMAGE, check_image
 from mlflow_operator.settings import Options
+from mlflow_operator.webhook import options as webhook_options
 
 IMAGE_ENV = "MLFLOW_OPERATOR_DEFAULT_SERVER_IMAGE"
 
@@ -36,6 +37,11 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: `render` must work without Kopf's machinery being started.
     from mlflow_operator import runner
 
+    try:
+        webhook = webhook_options.from_args(args)
+    except ValueError as exc:
+        print(f"mlflow-operator run: {exc}", file=sys.stderr)
+        return 2
     options = Options(
         namespaces=tuple(args.namespace or ()),
         all_namespaces=args.all_namespaces,
@@ -46,6 +52,7 @@ def _run(args: argparse.Namespace) -> int:
         watch_timeout_seconds=args.watch_timeout,
         worker_limit=args.worker_limit,
         default_server_image=args.default_server_image,
+        webhook=webhook,
     )
     try:
         runner.run(options, log_format=args.log_format, verbose=args.verbose)
@@ -81,6 +88,7 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
                    help="log line format (default json)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     _add_image_option(p)
+    webhook_options.add_arguments(p)
     p.set_defaults(func=_run)
 
 

@@ -44,6 +44,10 @@ def build(options: Options) -> tuple[kopf.OperatorRegistry, kopf.OperatorSetting
     settings = kopf.OperatorSettings()
     configure(settings, options)
     handlers.filter_children_server_side(settings)
+    if options.webhook is not None:
+        from mlflow_operator.webhook import server as webhook_server  # aiohttp, cryptography
+
+        webhook_server.register(registry, settings, options.webhook)
     try:
         api = KubeApi.from_environment(pool_size=options.api_pool_size or options.worker_limit + 4)
     except kubernetes.config.ConfigException as exc:

@@ -7,6 +7,7 @@ import logging
 import kopf
 
 from mlflow_operator.model import DEFAULT_IMAGE
+from mlflow_operator.webhook.options import WebhookOptions
 
 PREFIX = "mlflow-operator.dev"
 FINALIZER = f"{PREFIX}/finalizer"
@@ -31,6 +32,8 @@ class Options:
     event_level: int = logging.WARNING
     # Server image of MLflowServers that leave spec.image unset (mirrors, air-gapped clusters).
     default_server_image: str = DEFAULT_IMAGE
+    # The Pod injection webhook (mlflow_operator.webhook); None: not served.
+    webhook: WebhookOptions | None = None
 
     @property
     def clusterwide(self) -> bool:

@@ -152,10 +152,14 @@ def test_the_operator_pod_passes_pod_security_restricted(
 
 def test_object_set_per_mode(rendered: dict) -> None:
     kinds = sorted((o["kind"], o["metadata"].get("namespace")) for o in rendered["defaults"])
+    # The injection webhook (webhook.enabled, the default) adds its Service, Secret,
+    # MutatingWebhookConfiguration and a Role/ClusterRole pair of its own (tests/operator/test_webhook*.py).
+    webhook = [("Service", h.NAMESPACE), ("Secret", h.NAMESPACE), ("MutatingWebhookConfiguration", None),
+               ("Role", h.NAMESPACE), ("RoleBinding", h.NAMESPACE), ("ClusterRole", None), ("ClusterRoleBinding", None)]
     assert kinds == sorted([("CustomResourceDefinition", None), ("ServiceAccount", h.NAMESPACE),
                             ("ClusterRole", None), ("ClusterRoleBinding", None),
-                            ("Deployment", h.NAMESPACE)])
-    namespaced = rendered["namespaced"]
+                            ("Deployment", h.NAMESPACE), *webhook])
+    namespaced = [o for o in rendered["namespaced"] if not o["metadata"]["name"].endswith("-webhook")]
     assert sorted(o["metadata"]["namespace"] for o in h.by_kind(namespaced, "Role")) == ["team-a", "team-b"]
     assert sorted(o["metadata"]["namespace"] for o in h.by_kind(namespaced, "RoleBinding")) == ["team-a", "team-b"]
     assert not h.by_kind(rendered["existing-sa-and-env"], "ServiceAccount")

@@ -146,5 +146,6 @@ def test_every_rule_says_why(clusterwide: ChartRbac, namespaced: ChartRbac) -> N
         assert lines[j].startswith("#"), f"rule at line {i + 1} of {RULES_TPL.name} has no comment"
     # The CRD rule is rendered in cluster-wide mode only; a Role repeats per namespace.
     for rbac, missing in ((clusterwide, 0), (namespaced, 1)):
-        rendered = {o["kind"]: len(o["rules"]) for o in rbac.objects if o["kind"] in ("ClusterRole", "Role")}
+        rendered = {(o["kind"], o["metadata"]["name"]): len(o["rules"])
+                    for o in rbac.objects if o["kind"] in ("ClusterRole", "Role")}
         assert sum(rendered.values()) == len(rule_starts) - missing, rendered

@@ -41,9 +41,12 @@ _RESOURCES = {"ServiceAccount": "v1/serviceaccounts",
 NAMESPACE_WATCH_RULE = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}
 
 
-def render(release: str, namespace: str, watch: list[str]) -> list[dict[str, Any]]:
-    """The chart's RBAC objects (and ServiceAccount) as `helm template` renders them."""
-    values = ["--set-json", f"watchNamespaces={json.dumps(watch)}"]
+def render(release: str, namespace: str, watch: list[str], webhook: bool = False) -> list[dict[str, Any]]:
+    """The chart's RBAC objects (and ServiceAccount) as `helm template` renders them.
+    The injection webhook's rules only with `webhook` (tests/operator/test_webhook*.py run
+    the operator with the webhook on; the other tests run it without)."""
+    values = ["--set-json", f"watchNamespaces={json.dumps(watch)}",
+              "--set-json", f"webhook.enabled={json.dumps(webhook)}"]
     out = subprocess.run([str(HELM), "template", release, str(CHART), "--namespace", namespace, *values],
                          capture_output=True, text=True, timeout=60, check=True,
                          env={"HELM_CACHE_HOME": "/tmp/helm-test/cache", "HELM_CONFIG_HOME": "/tmp/helm-test/config",
@@ -97,10 +100,11 @@ class OperatorIdentity:
 
     @classmethod
     def install(cls, admin: Kube, workdir: Path, release: str, watch: list[str],
-                change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None) -> OperatorIdentity:
+                change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+                webhook: bool = False) -> OperatorIdentity:
         """Apply the chart's RBAC for `watch` ([] = cluster-wide) in a release namespace of
         its own (named after the release), optionally changed first, and get a token."""
-        objects = render(release, release, watch)
+        objects = render(release, release, watch, webhook)
         if change is not None:
             objects = change(objects)
         admin.create_namespace(release)

@@ -80,3 +80,11 @@ Call: include "mlflow-operator.imageRef" (dict "image" .Values.image "appVersion
 {{- define "mlflow-operator.serverImage" -}}
 {{- include "mlflow-operator.imageRef" (dict "image" .Values.serverImage "appVersion" .Chart.AppVersion) }}
 {{- end }}
+
+{{/* The injection webhook's Service and certificate Secret. */}}
+{{- define "mlflow-operator.webhookService" -}}
+{{- printf "%s-webhook" (include "mlflow-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- define "mlflow-operator.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "mlflow-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

@@ -81,3 +81,25 @@ the calls listed in tests/operator/rbac_record.py.
   verbs: ["list", "watch"]
 {{- end }}
 {{- end }}
+
+{{- /*
+The injection webhook's rules (templates/webhook-rbac.yaml; only with webhook.enabled).
+Reading the MLflowServer a Pod's label names is the "get" of the namespaced rules above.
+*/ -}}
+{{- define "mlflow-operator.webhookNamespacedRules" -}}
+# The webhook's CA and serving certificate: read at start and on every check, written
+# when renewed (the chart creates the Secret empty, so no create is needed).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "patch"]
+  resourceNames: [{{ include "mlflow-operator.webhookSecret" . | quote }}]
+{{- end }}
+
+{{- define "mlflow-operator.webhookClusterRules" -}}
+# The chart's MutatingWebhookConfiguration: read, and its caBundle patched to the
+# operator's CA. No other webhook configuration can be read or changed.
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["mutatingwebhookconfigurations"]
+  verbs: ["get", "patch"]
+  resourceNames: [{{ include "mlflow-operator.fullname" . | quote }}]
+{{- end }}
