@@ -236,7 +236,8 @@ def test_dockerignore_keeps_local_state_out() -> None:
     rules = dockerignore()
     for path in (".venv/bin/python", ".cache/bin/helm", ".git/config", "tests/conftest.py",
                  "operator/mlflow_operator/__pycache__/cli.cpython-311.pyc", "bench/x.py",
-                 "mlflow_operator.egg-info/PKG-INFO", "charts/mlflow-operator/Chart.yaml"):
+                 "mlflow_operator.egg-info/PKG-INFO", "charts/mlflow-operator/Chart.yaml",
+                 "packages/mlflow-k8s-token/build/lib/mlflow_k8s_token/__init__.py"):
         assert not in_context(path, rules), path
     for path in ("pyproject.toml", "uv.lock", "README.md", "operator/mlflow_operator/cli.py",
                  "plugin/mlflow_k8s_auth/app.py", "packages/mlflow-k8s-token/pyproject.toml",

@@ -62,7 +62,8 @@ def test_package_adds_exactly_one_distribution_to_an_mlflow_skinny_venv(tmp_path
     assert "mlflow-skinny" in before and "mlflow" not in before
 
     started = time.monotonic()
-    _pip_install(python, str(job_image.PACKAGE), constraints=constraints)  # with its dependencies
+    _pip_install(python, "--refresh-package", job_image.PACKAGE_NAME, str(job_image.PACKAGE),
+                 constraints=constraints)  # with its dependencies
     elapsed = time.monotonic() - started
     after = job_image.distributions(python)
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "packages" / "mlflow-k8s-token"
 PACKAGE_NAME = "mlflow-k8s-token"
 CACHE = ROOT / ".cache" / "job-image"
+REFRESH = (PACKAGE_NAME,)  # built from this repository: never a stale cached wheel
 _READY = "ready.json"
 
 
@@ -76,8 +77,11 @@ def make_venv(target: Path, requirements: str, extra: list[str] = ()) -> Path:
         reqs.flush()
         _run([uv, "pip", "sync", "--quiet", "--python", str(python), "--compile-bytecode", reqs.name])
     if extra:
+        # --refresh-package: uv would otherwise reuse a wheel it built from an older copy of a
+        # local directory whose pyproject.toml did not change.
+        refresh = [arg for name in REFRESH for arg in ("--refresh-package", name)]
         _run([uv, "pip", "install", "--quiet", "--python", str(python), "--no-deps",
-              "--compile-bytecode", *extra])
+              "--compile-bytecode", *refresh, *extra])
     return python
 
 
