@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -28,6 +28,7 @@ class AuthDatabase(SpecModel):
 
 
 DEFAULT_PERMISSION_CACHE_TTL_SECONDS = 30
+TokenValidation = Literal["JWKSAndTokenReview", "TokenReview", "JWKS"]
 
 
 class Auth(SpecModel):
@@ -48,6 +49,9 @@ class Auth(SpecModel):
     permission_cache_ttl_seconds: int | None = Field(
         default=None, ge=0, le=3600, alias="permissionCacheTTLSeconds"
     )
+    # How the server verifies a token (the plugin's token_validation, see render/config.py):
+    # JWKS alone needs no TokenReview, so no system:auth-delegator binding is rendered.
+    token_validation: TokenValidation = "JWKSAndTokenReview"
     issuers: list[Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s,]+$")]] = Field(
         default_factory=list, max_length=16
     )

@@ -22,6 +22,7 @@ from mlflow_operator.render import render_all
 
 SECRET = RESOURCES[("v1", "Secret")]
 DEPLOYMENT = RESOURCES[("apps/v1", "Deployment")]
+CLUSTER_ROLE_BINDING = RESOURCES[("rbac.authorization.k8s.io/v1", "ClusterRoleBinding")]
 JOB = RESOURCES[("batch/v1", "Job")]
 # Kinds that exist only for some specs: when the spec stops asking for one, it is deleted.
 OPTIONAL = [("networking.k8s.io/v1", "Ingress", names.ingress_name),
@@ -114,6 +115,20 @@ def _stale(ref: ServerRef, objects: list[dict[str, Any]]) -> list[dict[str, Any]
             if (kind, name_of(ref)) not in rendered]
 
 
+def _prune_cluster_role_binding(api: KubeApi, ref: ServerRef, objects: list[dict[str, Any]]) -> list[str]:
+    """A binding left from before tokenValidation became JWKS goes, but only ours (its owner
+    labels name this MLflowServer; cluster-scoped, it has no ownerReference)."""
+    if any(o["kind"] == "ClusterRoleBinding" for o in objects):
+        return []
+    name = names.cluster_role_binding_name(ref)
+    live = api.get(CLUSTER_ROLE_BINDING, None, name)
+    labels = (live or {}).get("metadata", {}).get("labels") or {}
+    if live is None or labels.get(names.OWNER_NAMESPACE_LABEL) != ref.namespace \
+            or labels.get(names.OWNER_NAME_LABEL) != ref.name:
+        return []
+    return [f"ClusterRoleBinding/{name}"] if api.delete(CLUSTER_ROLE_BINDING, None, name) else []
+
+
 def _finished_old_jobs(api: KubeApi, ref: ServerRef, current: str) -> list[dict[str, Any]]:
     """Migration Jobs of earlier images/databases, once they no longer run."""
     selector = ",".join(f"{k}={v}" for k, v in names.labels(ref, "migration").items())
@@ -138,6 +153,8 @@ def _apply_and_gate(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec, object
     # An optional object can only become stale through a spec change (or a change the
     # operator has not finished handling, as after a restart): skip the reads otherwise.
     deleted = prune(api, _stale(ref, objects), ref.uid) if spec_changed else []
+    if spec_changed:
+        deleted += _prune_cluster_role_binding(api, ref, objects)
     if migration is not None and migration.state == "Succeeded" \
             and previous.get("migration") != {"job": migration.job, "state": "Succeeded"}:
         # The new migration is done: earlier migration Jobs (and their pods) can go.

@@ -67,7 +67,7 @@ def render_all(
     checksum = config_checksum(config["stringData"], generated)
     objects = [
         render_service_account(ref, spec),
-        render_cluster_role_binding(ref),
+        render_cluster_role_binding(ref, spec),
         config,
         render_admin_secret(ref, spec, generated),
         render_secret_key_secret(ref, generated),

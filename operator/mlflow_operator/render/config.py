@@ -23,6 +23,8 @@ from mlflow_operator.render.common import Manifest, metadata
 
 # Kept in sync with DESIGN.md and the plugin (tests parse this ini with the plugin's loader).
 AUTHORIZATION_FUNCTION = "mlflow_k8s_auth.authn:authenticate_request"
+# spec.auth.tokenValidation -> the plugin's ini value (names fixed in the plugin's README).
+TOKEN_VALIDATION = {"JWKSAndTokenReview": "jwks+tokenreview", "TokenReview": "tokenreview", "JWKS": "jwks"}
 
 
 def backend_store_uri(spec: MLflowServerSpec, uris: StoreUris) -> str:
@@ -71,6 +73,7 @@ def render_auth_ini(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris) -> 
         "permission_cache_ttl_seconds": str(auth.effective_permission_cache_ttl_seconds),
         "allow_basic_auth": "true" if auth.basic_auth.enabled else "false",
     }
+    parser["k8s_auth"]["token_validation"] = TOKEN_VALIDATION[auth.token_validation]
     if auth.issuers:  # absent: not checked locally
         parser["k8s_auth"]["issuers"] = ",".join(auth.issuers)
     out = io.StringIO()

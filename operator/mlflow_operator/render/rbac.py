@@ -27,8 +27,19 @@ def render_service_account(ref: ServerRef, spec: MLflowServerSpec) -> Manifest:
     }
 
 
-def render_cluster_role_binding(ref: ServerRef) -> Manifest:
-    """Cluster-scoped, so no ownerReference: labels name the owner, a finalizer cleans it."""
+def needs_token_review(spec: MLflowServerSpec) -> bool:
+    """With tokenValidation JWKS the server never creates a TokenReview: it then reads only
+    the OIDC discovery document and the JWKS, which every ServiceAccount may read by
+    default (ClusterRoleBinding system:service-account-issuer-discovery, group
+    system:serviceaccounts), so it gets no cluster-wide binding at all."""
+    return spec.auth.token_validation != "JWKS"
+
+
+def render_cluster_role_binding(ref: ServerRef, spec: MLflowServerSpec | None = None) -> Manifest | None:
+    """Cluster-scoped, so no ownerReference: labels name the owner, a finalizer cleans it
+    (and reconcile deletes it when the spec stops needing it). None: not needed."""
+    if spec is not None and not needs_token_review(spec):
+        return None
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
