@@ -55,6 +55,8 @@ _RESOURCES = [
     Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     Resource("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False),
+    # Only with spec.monitoring.serviceMonitor (the Prometheus Operator's CRD).
+    Resource("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
     Resource(CR_API_VERSION, "MLflowServer", "mlflowservers"),
 ]
 RESOURCES: dict[tuple[str, str], Resource] = {(r.api_version, r.kind): r for r in _RESOURCES}

@@ -230,6 +230,21 @@ class NetworkPolicy(_Model):
     from_: list[dict[str, Any]] = Field(default_factory=list, alias="from", max_length=64)
 
 
+# Prometheus's duration syntax, as the ServiceMonitor CRD states it.
+_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+
+
+class ServiceMonitorSpec(_Model):
+    enabled: bool = False
+    interval: str | None = Field(default=None, max_length=32, pattern=_DURATION)
+    scrape_timeout: str | None = Field(default=None, max_length=32, pattern=_DURATION)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+
+class Monitoring(_Model):
+    service_monitor: ServiceMonitorSpec = Field(default_factory=ServiceMonitorSpec)
+
+
 class MLflowServerSpec(_Model):
     image: str | None = Field(default=None, min_length=1, max_length=512)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -252,6 +267,7 @@ class MLflowServerSpec(_Model):
     ingress: Ingress = Field(default_factory=Ingress)
     storage: Storage = Field(default_factory=Storage)
     network_policy: NetworkPolicy = Field(default_factory=NetworkPolicy)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
     # The operator's default for an unset `image` (not a spec field: see parse_spec).
     _default_image: str = PrivateAttr(default=DEFAULT_IMAGE)
 
@@ -296,6 +312,20 @@ class MLflowServerSpec(_Model):
                 "artifacts.proxied=false requires artifacts.destination (clients need a"
                 " location they can reach themselves)",
             )
+        return self
+
+
+    @model_validator(mode="after")
+    def _check_monitoring(self) -> MLflowServerSpec:
+        # MLflow serves /metrics only with --expose-prometheus, and only to admins: the
+        # ServiceMonitor scrapes with the admin's Basic credentials.
+        if self.monitoring.service_monitor.enabled and not self.server.expose_metrics:
+            raise SpecError("InvalidMonitoring", "monitoring.serviceMonitor.enabled requires"
+                            " server.exposeMetrics: true (MLflow serves /metrics only then)")
+        if self.monitoring.service_monitor.enabled and not self.auth.basic_auth.enabled:
+            raise SpecError("InvalidMonitoring", "monitoring.serviceMonitor.enabled requires"
+                            " auth.basicAuth.enabled: true (/metrics is for MLflow admins;"
+                            " Prometheus scrapes it with the admin's Basic credentials)")
         return self
 
 

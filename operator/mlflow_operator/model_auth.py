@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from mlflow_operator.inputs import SpecError
 from mlflow_operator.model_base import (
@@ -16,6 +17,40 @@ from mlflow_operator.model_base import (
     SecretKeyRef,
     SpecModel,
 )
+
+
+# The plugin's ini holds audiences, issuers and grants as comma-separated lists and refuses
+# whitespace in them (`str.isspace`: no-break and other Unicode spaces too); the CRD says
+# the same with patterns and a CEL rule. Raised as pydantic errors: reported with the
+# field's path, next to the spec's other problems.
+def _list_value(value: str) -> str:
+    bad = sorted({ch for ch in value if ch.isspace() or ch == ","})
+    if bad:
+        raise PydanticCustomError(
+            "list_value", "must not contain whitespace or ',' (found {found})",
+            {"found": ", ".join(repr(ch) for ch in bad)})
+    return value
+
+
+def _no_space(value: str) -> str:
+    # configparser strips values with str.strip(), which also takes \x1c-\x1f (not in \s).
+    if any(ch.isspace() for ch in value):
+        raise PydanticCustomError("no_space", "must not contain whitespace")
+    return value
+
+
+def _one_per_namespace(entries: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        namespace = entry.partition(":")[0]
+        if namespace in seen:
+            raise PydanticCustomError(
+                "namespace_twice",
+                "namespace '{namespace}' is listed at [{first}] and [{index}]; give each"
+                " namespace one permission",
+                {"namespace": namespace, "first": seen[namespace], "index": index})
+        seen[namespace] = index
+    return entries
 
 
 class BasicAuth(SpecModel):
@@ -32,12 +67,15 @@ TokenValidation = Literal["JWKSAndTokenReview", "TokenReview", "JWKS"]
 
 
 class Auth(SpecModel):
-    audience: str | None = Field(default=None, min_length=1, max_length=512)
+    audience: Annotated[str, AfterValidator(_list_value)] | None = Field(
+        default=None, min_length=1, max_length=512)
     allowed_namespaces: list[str] | None = Field(default=None, max_length=256)
     admin_service_accounts: list[str] = Field(default_factory=list, max_length=256)
-    namespace_permissions: list[str] = Field(default_factory=list, max_length=256)
+    namespace_permissions: Annotated[list[str], AfterValidator(_one_per_namespace)] = Field(
+        default_factory=list, max_length=256)
     default_permission: Permission = "READ"
-    admin_username: str = Field(default="admin", min_length=1, max_length=128, pattern=r"^[^\s:]+$")
+    admin_username: Annotated[str, AfterValidator(_no_space)] = Field(
+        default="admin", min_length=1, max_length=128, pattern=r"^[^\s:]+$")
     basic_auth: BasicAuth = Field(default_factory=BasicAuth)
     auth_database: AuthDatabase | None = None
     token_cache_ttl_seconds: int = Field(
@@ -52,7 +90,8 @@ class Auth(SpecModel):
     # How the server verifies a token (the plugin's token_validation, see render/config.py):
     # JWKS alone needs no TokenReview, so no system:auth-delegator binding is rendered.
     token_validation: TokenValidation = "JWKSAndTokenReview"
-    issuers: list[Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s,]+$")]] = Field(
+    issuers: list[Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s,]+$"),
+                            AfterValidator(_list_value)]] = Field(
         default_factory=list, max_length=16
     )
 

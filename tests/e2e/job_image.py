@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +68,7 @@ def locked_requirements(package: str = PACKAGE_NAME) -> str:
                  "--no-header", "--quiet"])
 
 
-def make_venv(target: Path, requirements: str, extra: list[str] = ()) -> Path:
+def make_venv(target: Path, requirements: str, extra: Sequence[str] = ()) -> Path:
     """A fresh venv at `target` holding exactly `requirements` (+ `extra`, no deps)."""
     uv = uv_binary()
     _run([uv, "venv", "--quiet", "--no-project", "--python", sys.executable, str(target)])

@@ -249,6 +249,8 @@ TLS_HOST = "spec.ingress: Invalid value: ingress.tls requires ingress.host"
 ENABLED_HOST = "spec.ingress: Invalid value: ingress.enabled requires ingress.host"
 CACHE_TTL = ("spec.auth.permissionCacheTTLSeconds: Invalid value: auth.permissionCacheTTLSeconds must "
              "not exceed auth.tokenCacheTTLSeconds; lower it too")
+TWICE = ("spec.auth.namespacePermissions: Invalid value: auth.namespacePermissions lists a"
+         " namespace twice; give each namespace one permission")
 
 CEL_CASES = [
     ({}, []),
@@ -271,6 +273,8 @@ CEL_CASES = [
     ({"auth": {"tokenCacheTTLSeconds": 10, "permissionCacheTTLSeconds": 0}}, []),
     ({"auth": {"permissionCacheTTLSeconds": 121}}, [CACHE_TTL]),  # against the default 120
     ({"auth": {"permissionCacheTTLSeconds": 120}}, []),
+    ({"auth": {"namespacePermissions": ["a:READ", "b:EDIT", "a:EDIT"]}}, [TWICE]),
+    ({"auth": {"namespacePermissions": ["a:READ", "ab:EDIT", "b:READ"]}}, []),
 ]
 
 

@@ -160,6 +160,8 @@ def test_renewal_keeps_what_is_good_and_renews_what_is_due() -> None:
     assert rotated.ca_cert != bundle.ca_cert and rotated.previous_ca == bundle.ca_cert
     assert rotated.ca_bundle(ca_due) == rotated.ca_cert + bundle.ca_cert
     assert rotated.ca_bundle(NOW + datetime.timedelta(days=901)) == rotated.ca_cert
+    # ... and for ten minutes at most: by then every replica serves the new CA's certificate.
+    assert rotated.ca_bundle(ca_due + datetime.timedelta(minutes=11)) == rotated.ca_cert
     _cert(rotated.cert).verify_directly_issued_by(_cert(rotated.ca_cert))
 
 
@@ -182,3 +184,11 @@ def test_an_unreadable_secret_starts_over() -> None:
     broken = certs.Bundle(b"junk", b"junk", b"junk", b"junk")
     fresh = certs.plan(broken, HOSTS, NOW, POLICY)
     assert fresh.ca_cert.startswith(b"-----BEGIN CERTIFICATE-----") and fresh.previous_ca == b""
+
+
+def test_a_forced_rotation_renews_everything_and_keeps_the_old_ca_for_a_while() -> None:
+    bundle = certs.plan(None, HOSTS, NOW, POLICY)
+    forced = certs.plan(bundle, HOSTS, NOW, POLICY, force=True)
+    assert forced.ca_cert != bundle.ca_cert and forced.cert != bundle.cert
+    assert forced.previous_ca == bundle.ca_cert
+    assert forced.ca_bundle(NOW) == forced.ca_cert + bundle.ca_cert

@@ -53,6 +53,15 @@ the calls listed in tests/operator/rbac_record.py.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create", "patch", "delete"]
+{{- if .Values.rbac.serviceMonitors }}
+# Only with rbac.serviceMonitors: the Prometheus Operator ServiceMonitor of each
+# MLflowServer with spec.monitoring.serviceMonitor.enabled, kept in line like the optional
+# children above and deleted when the spec turns it off. Off by default: the chart cannot
+# know whether the cluster has the ServiceMonitor CRD.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["get", "create", "patch", "delete"]
+{{- end }}
 # Events on MLflowServers (Created, MigrationFailed, ...): posted by Kopf and the handlers.
 - apiGroups: [""]
   resources: ["events"]

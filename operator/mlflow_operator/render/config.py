@@ -20,6 +20,7 @@ import io
 from mlflow_operator import names
 from mlflow_operator.model import MLflowServerSpec, ServerRef, StoreUris
 from mlflow_operator.render.common import Manifest, metadata
+from mlflow_operator.render.ini_check import check_auth_ini
 
 # Kept in sync with DESIGN.md and the plugin (tests parse this ini with the plugin's loader).
 AUTHORIZATION_FUNCTION = "mlflow_k8s_auth.authn:authenticate_request"
@@ -76,6 +77,8 @@ def render_auth_ini(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris) -> 
     parser["k8s_auth"]["token_validation"] = TOKEN_VALIDATION[auth.token_validation]
     if auth.issuers:  # absent: not checked locally
         parser["k8s_auth"]["issuers"] = ",".join(auth.issuers)
+    for key, value in list(parser["k8s_auth"].items()):  # the plugin reads it like MLflow does
+        parser["k8s_auth"][key] = _mlflow_value(value)
     out = io.StringIO()
     out.write("# Rendered by mlflow-operator; edits are overwritten.\n")
     parser.write(out)
@@ -83,8 +86,11 @@ def render_auth_ini(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris) -> 
 
 
 def config_data(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris) -> dict[str, str]:
+    """Raises SpecError (InvalidSpec, naming the field) for an ini the plugin would refuse."""
+    ini = render_auth_ini(ref, spec, uris)
+    check_auth_ini(ini, spec, uris)
     return {
-        names.AUTH_INI_KEY: render_auth_ini(ref, spec, uris),
+        names.AUTH_INI_KEY: ini,
         names.BACKEND_URI_KEY: backend_store_uri(spec, uris),
         names.AUTH_DB_URI_KEY: auth_database_uri(spec, uris),
     }

@@ -6,9 +6,10 @@ Pure functions of their inputs and `now`: `keeper` stores the result in a Secret
 * The serving certificate is renewed when a third of its validity is left, or when it no
   longer matches the CA or the wanted host names. Same CA: the caBundle does not change, so
   nothing has to wait for the API server to see a new one.
-* The CA is renewed the same way (a third left). The CA it replaces stays in the bundle
-  (`previous_ca`) until it expires, so a replica still serving a certificate of the old
-  CA keeps working while it catches up.
+* The CA is renewed the same way (a third left), or at once when its Secret is emptied (a
+  forced rotation). The CA it replaces stays in the bundle (`previous_ca`) for
+  `PREVIOUS_CA_GRACE` (at most until it expires), so a replica still serving a certificate
+  of the old CA keeps working while it catches up.
 
 Kopf's own self-signed certificates need `certbuilder` (not installed in the operator
 image) and are generated per process; a Secret shared by restarts and replicas and a
@@ -32,6 +33,9 @@ CA_CERT, CA_KEY, CERT, KEY, PREVIOUS_CA = "ca.crt", "ca.key", "tls.crt", "tls.ke
 RENEW_FRACTION = 1 / 3
 # Clock skew between the operator and the API server: certificates start a little earlier.
 BACKDATE = datetime.timedelta(minutes=5)
+# How long a replaced CA stays in the caBundle (at most until it expires): every replica
+# re-reads the Secret within a minute and then serves a certificate of the new CA.
+PREVIOUS_CA_GRACE = datetime.timedelta(minutes=10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +67,11 @@ class Bundle:
         return cls(data[CA_CERT], data[CA_KEY], data[CERT], data[KEY], data.get(PREVIOUS_CA) or b"")
 
     def ca_bundle(self, now: datetime.datetime) -> bytes:
-        """What the API server must trust: the CA, and the previous one while it is valid."""
-        previous = self.previous_ca if self.previous_ca and _valid_at(self.previous_ca, now) else b""
-        return self.ca_cert + previous
+        """What the API server must trust: the CA, and the previous one while it is valid
+        and the new CA is younger than PREVIOUS_CA_GRACE."""
+        issued = x509.load_pem_x509_certificate(self.ca_cert).not_valid_before_utc + BACKDATE
+        keep = self.previous_ca and _valid_at(self.previous_ca, now) and now < issued + PREVIOUS_CA_GRACE
+        return self.ca_cert + (self.previous_ca if keep else b"")
 
 
 def _valid_at(pem: bytes, now: datetime.datetime) -> bool:
@@ -164,10 +170,13 @@ def _matches(bundle: Bundle, hosts: Sequence[str]) -> bool:
     return set(san) == set(_san(hosts))
 
 
-def plan(current: Bundle | None, hosts: Sequence[str], now: datetime.datetime, policy: Policy) -> Bundle:
-    """`current` if it is good for a while yet, else a renewed bundle."""
+def plan(current: Bundle | None, hosts: Sequence[str], now: datetime.datetime, policy: Policy,
+         force: bool = False) -> Bundle:
+    """`current` if it is good for a while yet, else a renewed bundle; `force`: a new CA
+    and certificate now (the current CA stays trusted for `PREVIOUS_CA_GRACE`)."""
     try:
-        ca_ok = current is not None and not _due(x509.load_pem_x509_certificate(current.ca_cert), now)
+        ca_ok = not force and current is not None \
+            and not _due(x509.load_pem_x509_certificate(current.ca_cert), now)
         cert_ok = ca_ok and current is not None and _matches(current, hosts) \
             and not _due(x509.load_pem_x509_certificate(current.cert), now)
     except ValueError:  # unreadable PEM: start over

@@ -72,9 +72,11 @@ class Keeper:
         for _ in range(3):
             live = self.api.get(SECRET, self.namespace, self.secret)
             stored = certs.Bundle.from_data(_decode((live or {}).get("data")))
-            # The Secret emptied behind our back: our CA stays trusted while we move on.
-            current = stored or self.bundle
-            wanted = certs.plan(current, self.hosts, self.clock(), self.policy)
+            # Emptied while we serve from it: a forced rotation (the README's way to rotate
+            # now); the CA we serve with stays trusted while we move on.
+            forced = stored is None and self.bundle is not None
+            current = self.bundle if forced else stored
+            wanted = certs.plan(current, self.hosts, self.clock(), self.policy, force=forced)
             if wanted == stored:
                 break
             try:
@@ -84,7 +86,8 @@ class Keeper:
                     raise
                 continue  # another replica renewed first: read and adopt its certificates
             log.info("Webhook certificate %s in %s (valid until %s)",
-                     "issued" if stored is None else "renewed", self.secret_ref, certs.expiry(wanted.cert))
+                     "rotated on request" if forced else "issued" if stored is None else "renewed",
+                     self.secret_ref, certs.expiry(wanted.cert))
             break
         else:
             raise RuntimeError(f"{self.secret_ref} kept changing under us")
