@@ -25,7 +25,7 @@ TOKEN_DIR = "/var/run/secrets/mlflow/serviceaccount"
 @pytest.fixture(scope="module")
 def hook(admin: Kube, crd: dict, proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InjectionOperator]:
     ns, other, stranger = unique_namespace("hook"), unique_namespace("hook-other"), unique_namespace("hook-stranger")
-    operator = InjectionOperator(admin, proxy, tmp_path_factory.mktemp("hook"), watch=[ns],
+    operator = InjectionOperator(admin, proxy.url, tmp_path_factory.mktemp("hook"), watch=[ns],
                                  scope=[ns, other, stranger])
     operator.namespaces = (ns, other, stranger)  # type: ignore[attr-defined]
     try:

@@ -29,7 +29,7 @@ VALIDITY = ["--webhook-cert-validity=12s", "--webhook-ca-validity=30s"]
 @pytest.fixture()
 def hook(admin: Kube, crd: dict, proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InjectionOperator]:
     ns = unique_namespace("rotate")
-    operator = InjectionOperator(admin, proxy, tmp_path_factory.mktemp("rotate"), watch=[ns], scope=[ns],
+    operator = InjectionOperator(admin, proxy.url, tmp_path_factory.mktemp("rotate"), watch=[ns], scope=[ns],
                                  extra=VALIDITY)
     try:
         operator.start()

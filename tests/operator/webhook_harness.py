@@ -1,7 +1,7 @@
 """The real operator serving the injection webhook on 127.0.0.1, called by the real API
 server over TLS; shared by tests/operator/test_webhook*.py and tests/e2e/test_injection.py.
 
-    hook = InjectionOperator(admin, proxy, workdir, watch=[ns], scope=[ns, other]).start()
+    hook = InjectionOperator(admin, proxy.url, workdir, watch=[ns], scope=[ns, other]).start()
     hook.dry_run_pod(ns, pod)     # what the API server would store (the webhook ran)
     hook.calls()                  # the API server's own count of calls to the webhook
     hook.stop()
@@ -28,7 +28,6 @@ from tests.chart import helm as h
 from tests.conftest import unique_namespace
 from tests.operator.chart_rbac import OperatorIdentity
 from tests.operator.harness import OperatorProcess, free_port, release_namespace, wait_for
-from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import ApiError, Kube, resource_path
 
 MWC = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
@@ -43,9 +42,11 @@ def bare_pod(labels: dict[str, str] | None = None, **container: Any) -> dict[str
 
 
 class InjectionOperator:
-    def __init__(self, admin: Kube, proxy: FaultProxy, workdir: Path, watch: list[str], scope: list[str],
+    def __init__(self, admin: Kube, api_url: str, workdir: Path, watch: list[str], scope: list[str],
                  extra: list[str] | None = None):
-        self.admin, self.proxy, self.workdir = admin, proxy, workdir
+        """`api_url`: where the operator finds the API server (the fault proxy, or the
+        control plane itself)."""
+        self.admin, self.api_url, self.workdir = admin, api_url, workdir
         self.watch, self.scope, self.extra = watch, scope, extra or []
         self.release = unique_namespace("op-hook")
         self.port = free_port()
@@ -82,7 +83,7 @@ class InjectionOperator:
         self.identity = OperatorIdentity.install(self.admin, self.workdir, self.release, self.watch, webhook=True)
         self.admin.create("v1/secrets", self.secret, self.release)
         self.admin.create(MWC, self._configuration())
-        self.operator = OperatorProcess(self.identity.kubeconfig(self.admin, self.proxy.url), self.workdir,
+        self.operator = OperatorProcess(self.identity.kubeconfig(self.admin, self.api_url), self.workdir,
                                         self.watch, extra=self._webhook_args()).start()
         wait_for(self._ca_bundle, 30, "the operator to set the caBundle")
         return self
