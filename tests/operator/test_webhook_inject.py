@@ -10,6 +10,7 @@ import jsonpatch
 import pytest
 from cryptography import x509
 
+from mlflow_operator import cli
 from mlflow_operator.webhook import certs
 from mlflow_operator.webhook.inject import (
     TOKEN_DIR, TOKEN_PATH, VOLUME, Refused, Target, inject, parse_label, target_for)
@@ -192,3 +193,23 @@ def test_a_forced_rotation_renews_everything_and_keeps_the_old_ca_for_a_while() 
     assert forced.ca_cert != bundle.ca_cert and forced.cert != bundle.cert
     assert forced.previous_ca == bundle.ca_cert
     assert forced.ca_bundle(NOW) == forced.ca_cert + bundle.ca_cert
+
+
+# ---- command line ----------------------------------------------------------------------
+
+def test_webhook_flags_are_all_or_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["run", "--webhook-configuration", "hook", "--webhook-secret", "ops/tls",
+                              "--webhook-host", "svc.ops.svc", "--webhook-cert-validity", "12h"])
+    from mlflow_operator.webhook.options import from_args
+
+    options = from_args(args)
+    assert options is not None and options.secret_namespace == "ops" and options.hosts == ("svc.ops.svc",)
+    assert options.cert_validity == datetime.timedelta(hours=12) and options.port == 9443
+    assert from_args(parser.parse_args(["run"])) is None
+    assert cli.main(["run", "--webhook-configuration", "hook"]) == 2
+    assert "the webhook needs all of --webhook-configuration, --webhook-secret and --webhook-host" \
+        in capsys.readouterr().err
+    for bad in (["--webhook-cert-validity", "90 days"], ["--webhook-secret", "no-namespace"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["run", *bad])

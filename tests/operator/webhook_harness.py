@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import re
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,11 @@ def bare_pod(labels: dict[str, str] | None = None, **container: Any) -> dict[str
 
 class InjectionOperator:
     def __init__(self, admin: Kube, api_url: str, workdir: Path, watch: list[str], scope: list[str],
-                 extra: list[str] | None = None):
+                 extra: list[str] | None = None, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None):
         """`api_url`: where the operator finds the API server (the fault proxy, or the
         control plane itself)."""
         self.admin, self.api_url, self.workdir = admin, api_url, workdir
-        self.watch, self.scope, self.extra = watch, scope, extra or []
+        self.watch, self.scope, self.extra, self.change = watch, scope, extra or [], change
         self.release = unique_namespace("op-hook")
         self.port = free_port()
         self.hook_name = f"inject.{self.release}.mlflow-operator.dev"
@@ -79,13 +80,16 @@ class InjectionOperator:
         return [*args, "--webhook-host=127.0.0.1", "--webhook-listen=127.0.0.1",
                 f"--webhook-port={self.port}", *self.extra]
 
-    def start(self) -> InjectionOperator:
-        self.identity = OperatorIdentity.install(self.admin, self.workdir, self.release, self.watch, webhook=True)
+    def start(self, wait: bool = True) -> InjectionOperator:
+        """Install, start, and (`wait`) wait until the caBundle is set."""
+        self.identity = OperatorIdentity.install(self.admin, self.workdir, self.release, self.watch,
+                                                 change=self.change, webhook=True)
         self.admin.create("v1/secrets", self.secret, self.release)
         self.admin.create(MWC, self._configuration())
         self.operator = OperatorProcess(self.identity.kubeconfig(self.admin, self.api_url), self.workdir,
                                         self.watch, extra=self._webhook_args()).start()
-        wait_for(self._ca_bundle, 30, "the operator to set the caBundle")
+        if wait:
+            wait_for(self._ca_bundle, 30, "the operator to set the caBundle")
         return self
 
     def stop(self) -> None:

@@ -10,6 +10,9 @@ and init container (an init container that downloads a model needs the same acce
 * `MLFLOW_TRACKING_URI` (the server's in-cluster URL), `MLFLOW_TRACKING_AUTH=k8s-token` and
   `MLFLOW_K8S_TOKEN_PATH`.
 
+No workspace variable yet: MLflowServers have no workspaces (`spec.workspaces`) so far;
+when they do, the Pod's workspace belongs here too.
+
 What the Pod already says wins: a variable already in a container's `env` is kept, a
 container that already mounts something at (or above, or below) `TOKEN_DIR` keeps its own
 mount (a warning says so), and a volume name already taken by another volume is not
