@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import namespace_ownership, permission_cache, permission_fast_path, role_guard, route_memo, runtime
+from . import namespace_ownership, permission_fast_path, revocation, role_guard, route_memo, runtime
 from .config import ConfigError, K8sAuthConfig, load_config
-from .redact import redact
+from .redact import install_log_redaction, redact
 
 _PREFIX = "mlflow-k8s-auth"
+# Before anything below can log a database error (MLflow's engine retries quote them).
+install_log_redaction()
 
 
 def _fail(message: str) -> None:
@@ -39,6 +41,10 @@ def _validated_config() -> K8sAuthConfig:
         raise  # unreachable; keeps type checkers happy
     if config.kubeconfig and not Path(config.kubeconfig).is_file():
         _fail(f"invalid auth config: [k8s_auth] kubeconfig {config.kubeconfig!r} is not a readable file")
+    from . import tenancy
+
+    if problem := tenancy.startup_problem(config):
+        _fail(f"invalid server flags: {problem}")
     return config
 
 
@@ -61,6 +67,7 @@ def _bootstrap_in_cli_process(config: K8sAuthConfig) -> None:
         from mlflow.server.auth import store
 
         namespace_ownership.reconcile(store, dict(config.namespace_permissions))
+        revocation.record_change_at_start(store)  # running replicas drop cached grants
     except Exception as exc:  # one clear line, no traceback, no database password
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         _fail(f"cannot start: {_redact(str(message))}")
@@ -97,12 +104,18 @@ def create_app(app: Any = None) -> Any:
         )
 
     runtime.install(runtime.build_runtime(CONFIG, mlflow_auth.store))
-    permission_cache.install(mlflow_auth.store, CONFIG.permission_cache_ttl_seconds, CONFIG.cache_max_entries)
+    watcher = revocation.install(mlflow_auth.store, CONFIG.permission_cache_ttl_seconds, CONFIG.cache_max_entries,
+                                 CONFIG.revocation_check_interval_seconds)
     route_memo.install()
     try:
         created = mlflow_auth.create_app() if app is None else mlflow_auth.create_app(app)
     except Exception as exc:  # e.g. the auth DB unreachable from a worker: no password in the trace
         raise RuntimeError(f"{_PREFIX}: cannot start: {_redact(str(exc) or type(exc).__name__)}") from None
     role_guard.install(app if app is not None else mlflow_auth.app)
+    revocation.check_first_in_every_request(app if app is not None else mlflow_auth.app, watcher)
+    from . import tenancy
+
+    # Workspaces from namespaces, RBAC authorization, run attribution (each per the ini).
+    tenancy.install(CONFIG, mlflow_auth.store, app if app is not None else mlflow_auth.app, created)
     permission_fast_path.install(created)  # the FastAPI app (uvicorn); a Flask app is left as is
     return created

@@ -36,17 +36,33 @@ _KNOWN_KEYS = frozenset({
     "cache_max_entries",
     "tokenreview_timeout_seconds",
     "permission_cache_ttl_seconds",
+    "revocation_check_interval_seconds",
     "allow_basic_auth",
     "kubeconfig",
     "token_validation",
     "jwks_refresh_min_interval_seconds",
     "tokenreview_rate_per_second",
     "tokenreview_burst",
+    # Multi-tenancy: namespaces as workspaces, RBAC authorization, run attribution.
+    "workspaces",
+    "workspace_namespace_selector",
+    "authorization",
+    "authorization_allow_ttl_seconds",
+    "authorization_deny_ttl_seconds",
+    "attribute_runs",
 })
 
 # How a bearer token is verified (DESIGN.md's fixed names): TokenReview only, the
 # signature checked locally first (forgeries never reach the API server), or only locally.
 TOKEN_VALIDATION_MODES = ("tokenreview", "jwks+tokenreview", "jwks")
+# MLflow workspaces: none (MLflow's single `default`) or the allowed Kubernetes namespaces.
+WORKSPACE_MODES = ("none", "namespaces")
+# Who answers MLflow's permission checks for ServiceAccounts: MLflow's grants or Kubernetes RBAC.
+AUTHORIZATION_MODES = ("mlflow", "kubernetes")
+
+
+# Safe as a default because the change counter (revocation.py) keeps the cache fresh.
+DEFAULT_PERMISSION_CACHE_TTL_SECONDS = 30.0
 
 
 class ConfigError(ValueError):
@@ -80,8 +96,11 @@ class K8sAuthConfig:
     cache_max_entries: int = 10000
     tokenreview_timeout_seconds: float = 5.0
     # MLflow's per-request permission lookups are cached for at most this long (never
-    # longer than the token cache); 0 disables that cache.
-    permission_cache_ttl_seconds: float = 0.0
+    # longer than the token cache); 0 disables that cache. Unset: 30 s, or the token TTL
+    # when lower. Changes made through MLflow reach every process within the next key.
+    permission_cache_ttl_seconds: float = 30.0
+    # How often each process reads the auth DB's change counter (revocation.py).
+    revocation_check_interval_seconds: float = 0.3
     allow_basic_auth: bool = True
     kubeconfig: str | None = None
     token_validation: str = "jwks+tokenreview"
@@ -90,6 +109,15 @@ class K8sAuthConfig:
     # Uncached TokenReviews per process: a token bucket (rate refill, burst capacity).
     tokenreview_rate_per_second: float = 50.0
     tokenreview_burst: int = 100
+    workspaces: str = "none"
+    # A Kubernetes label selector: only matching allowed namespaces are workspaces.
+    workspace_namespace_selector: str | None = None
+    authorization: str = "mlflow"
+    # SubjectAccessReview answers are cached this long (allowed / denied).
+    authorization_allow_ttl_seconds: float = 30.0
+    authorization_deny_ttl_seconds: float = 5.0
+    # Runs carry the authenticated caller as user_id and mlflow.user tag.
+    attribute_runs: bool = True
     source: str = field(default="", compare=False)
 
     @property
@@ -231,11 +259,11 @@ def _check_mlflow_section(parser: configparser.ConfigParser) -> configparser.Sec
 def _cache_settings(section: configparser.SectionProxy) -> dict[str, float | int]:
     token_ttl = _number(
         "token_cache_ttl_seconds", section.get("token_cache_ttl_seconds", "120"),
-        integer=False, minimum=0, allow_equal=False,
+        integer=False, minimum=0, allow_equal=True,  # 0: every request asks the API server
     )
-    permission_ttl = _number(
-        "permission_cache_ttl_seconds", section.get("permission_cache_ttl_seconds", "0"),
-        integer=False, minimum=0, allow_equal=True,
+    raw_permission_ttl = section.get("permission_cache_ttl_seconds")
+    permission_ttl = min(DEFAULT_PERMISSION_CACHE_TTL_SECONDS, token_ttl) if raw_permission_ttl is None else _number(
+        "permission_cache_ttl_seconds", raw_permission_ttl, integer=False, minimum=0, allow_equal=True,
     )
     if permission_ttl > token_ttl:
         raise ConfigError(
@@ -245,6 +273,10 @@ def _cache_settings(section: configparser.SectionProxy) -> dict[str, float | int
     return {
         "token_cache_ttl_seconds": token_ttl,
         "permission_cache_ttl_seconds": permission_ttl,
+        "revocation_check_interval_seconds": _number(
+            "revocation_check_interval_seconds", section.get("revocation_check_interval_seconds", "0.3"),
+            integer=False, minimum=0, allow_equal=False,
+        ),
         "negative_cache_ttl_seconds": _number(
             "negative_cache_ttl_seconds", section.get("negative_cache_ttl_seconds", "5"),
             integer=False, minimum=0, allow_equal=True,
@@ -280,6 +312,41 @@ def _validation_settings(section: configparser.SectionProxy) -> dict[str, float 
             "tokenreview_burst", section.get("tokenreview_burst", "100"),
             integer=True, minimum=1, allow_equal=True,
         )),
+    }
+
+
+def _choice(section: configparser.SectionProxy, key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = section.get(key, default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"[{SECTION}] {key} must be one of {' | '.join(choices)}, got {value!r}")
+    return value
+
+
+def _tenancy_settings(section: configparser.SectionProxy) -> dict[str, object]:
+    """Workspaces, authorization and run attribution (see workspaces.py, authorization.py)."""
+    workspaces = _choice(section, "workspaces", "none", WORKSPACE_MODES)
+    authorization = _choice(section, "authorization", "mlflow", AUTHORIZATION_MODES)
+    if authorization == "kubernetes" and workspaces != "namespaces":
+        raise ConfigError(
+            f"[{SECTION}] authorization = kubernetes needs workspaces = namespaces "
+            "(RBAC is checked in the namespace of the workspace)"
+        )
+    selector = section.get("workspace_namespace_selector", "").strip() or None
+    if selector is not None and workspaces != "namespaces":
+        raise ConfigError(f"[{SECTION}] workspace_namespace_selector needs workspaces = namespaces")
+    return {
+        "workspaces": workspaces,
+        "workspace_namespace_selector": selector,
+        "authorization": authorization,
+        "authorization_allow_ttl_seconds": _number(
+            "authorization_allow_ttl_seconds", section.get("authorization_allow_ttl_seconds", "30"),
+            integer=False, minimum=0, allow_equal=True,
+        ),
+        "authorization_deny_ttl_seconds": _number(
+            "authorization_deny_ttl_seconds", section.get("authorization_deny_ttl_seconds", "5"),
+            integer=False, minimum=0, allow_equal=True,
+        ),
+        "attribute_runs": _boolean("attribute_runs", section.get("attribute_runs", "true")),
     }
 
 
@@ -334,4 +401,5 @@ def _parse(parser: configparser.ConfigParser, path: str | Path) -> K8sAuthConfig
         source=str(path),
         **_cache_settings(section),  # type: ignore[arg-type]
         **_validation_settings(section),  # type: ignore[arg-type]
+        **_tenancy_settings(section),  # type: ignore[arg-type]
     )

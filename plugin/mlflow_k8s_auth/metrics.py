@@ -6,7 +6,7 @@ exporter (multiprocess mode under uvicorn workers) serves on `/metrics`.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 AUTH_DECISIONS = Counter(
     "mlflow_k8s_auth_decisions_total",
@@ -46,4 +46,26 @@ SIGNATURE_FAILURES = Counter(
 RATE_LIMITED = Counter(
     "mlflow_k8s_auth_rate_limited_total",
     "Requests answered 503 because the per-process TokenReview rate limit was reached",
+)
+# Fresh revocation (revocation.py): the auth database's change counter.
+PERMISSION_VERSION_CHECKS = Counter(
+    "mlflow_k8s_auth_permission_version_checks_total",
+    "Reads of the permission change counter by result (unchanged, changed, error)",
+    ["result"],
+)
+PERMISSION_VERSION_BUMPS = Counter(
+    "mlflow_k8s_auth_permission_version_bumps_total",
+    "Auth store writes recorded in the permission change counter, by result",
+    ["result"],
+)
+PERMISSION_CACHE_INVALIDATIONS = Counter(
+    "mlflow_k8s_auth_permission_cache_invalidations_total",
+    "Permission cache clears by cause (local_write, other_process, check_failed)",
+    ["cause"],
+)
+# One series per worker process (pid label under uvicorn workers): a lagging worker shows.
+PERMISSION_VERSION_SEEN = Gauge(
+    "mlflow_k8s_auth_permission_version_seen",
+    "The permission change counter as this worker process last read it",
+    multiprocess_mode="all",
 )

@@ -58,6 +58,17 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.tokenreview_timeout_seconds == 5
     assert config.allow_basic_auth is True
     assert config.kubeconfig is None
+    assert config.permission_cache_ttl_seconds == 30  # kept fresh by the change counter
+    assert config.revocation_check_interval_seconds == 0.3
+
+
+def test_token_cache_ttl_zero_turns_the_positive_cache_off_and_lowers_the_permission_default(
+        tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "audiences = a\ntoken_cache_ttl_seconds = 0\n"))
+    assert config.token_cache_ttl_seconds == 0
+    assert config.permission_cache_ttl_seconds == 0
+    config = load_config(write(tmp_path, "audiences = a\ntoken_cache_ttl_seconds = 10\n"))
+    assert config.permission_cache_ttl_seconds == 10
 
 
 def test_star_allows_any_namespace(tmp_path: Path) -> None:
@@ -71,8 +82,9 @@ def test_star_allows_any_namespace(tmp_path: Path) -> None:
         ("", "audiences is required"),
         ("audiences = ,\n", "audiences is required"),
         ("audiences = a\ntoken_cache_ttl_seconds = soon\n", "token_cache_ttl_seconds must be a number"),
-        ("audiences = a\ntoken_cache_ttl_seconds = 0\n", "token_cache_ttl_seconds must be > 0"),
-        ("audiences = a\ntoken_cache_ttl_seconds = nan\n", "token_cache_ttl_seconds must be > 0"),
+        ("audiences = a\ntoken_cache_ttl_seconds = -1\n", "token_cache_ttl_seconds must be >= 0"),
+        ("audiences = a\ntoken_cache_ttl_seconds = nan\n", "token_cache_ttl_seconds must be >= 0"),
+        ("audiences = a\nrevocation_check_interval_seconds = 0\n", "revocation_check_interval_seconds must be > 0"),
         ("audiences = a\nnegative_cache_ttl_seconds = -1\n", "negative_cache_ttl_seconds must be >= 0"),
         ("audiences = a\ncache_max_entries = 1.5\n", "cache_max_entries must be an integer"),
         ("audiences = a\ncache_max_entries = 0\n", "cache_max_entries must be >= 1"),
