@@ -9,7 +9,13 @@ the MLflow URL, how to log in, and kubectl commands that work against this clust
 Keeps running (edit the MLflowServer and the controllers roll the server) until Ctrl-C.
 
     scripts/demo                  # until Ctrl-C
+    scripts/demo --port 5000      # the MLflow UI on http://127.0.0.1:5000 (default: a free port)
+    scripts/demo --keep           # keep the work folder (logs, kubeconfig, admin password)
     scripts/demo --exit-after-job # for tests/CI: exit 0 once the job logged its run
+
+On exit (Ctrl-C, --exit-after-job or a failure) everything the demo started is stopped,
+its work folder, which holds the admin password, is deleted unless --keep or --workdir
+was given, and the last line printed starts with "stopped".
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import errno
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,29 +61,73 @@ class Progress:
         print(f"      {text}", flush=True)
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
+def _check_port_free(parser: argparse.ArgumentParser, port: int) -> None:
+    """Refuse a taken port before minutes of start-up, not after."""
+    try:
+        socket.create_server(("127.0.0.1", port)).close()
+    except OSError as exc:
+        why = "is in use by another program" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+        parser.error(f"--port {port}: 127.0.0.1:{port} {why}; pick another port or leave --port out for a free one")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.split("\n")[0])
     parser.add_argument("--exit-after-job", "--once", action="store_true",
                         help="exit once the sample job has logged its run (for tests)")
-    parser.add_argument("--workdir", type=Path, help="where logs, volumes and kubeconfigs go (default: a new temp dir)")
+    parser.add_argument("--port", type=_port, default=0,
+                        help="local port of the MLflow URL, http://127.0.0.1:PORT (default: a free port)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work folder (logs, kubeconfig, the admin password) on exit and"
+                             " print its path; by default it is deleted")
+    parser.add_argument("--workdir", type=Path,
+                        help="where logs, volumes and kubeconfigs go; kept on exit (default: a new"
+                             " temp folder, deleted on exit unless --keep)")
     args = parser.parse_args(argv)
+    if args.port:
+        _check_port_free(parser, args.port)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mlflow-operator-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    keep = args.keep or args.workdir is not None
     p = Progress(total=5)
     # Ctrl-C and `kill` both unwind the exit stack, which stops every process the demo
     # started (explicitly: a background shell would start us with SIGINT ignored).
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
+    code = 1
     try:
         with contextlib.ExitStack() as cleanup:
-            return _run(args, workdir, p, cleanup)
+            code = _run(args, workdir, p, cleanup)
     except KeyboardInterrupt:
-        print("\nstopped; everything the demo started is shut down.", flush=True)
-        return 0
+        code = 0
     except Exception as exc:  # a failed step is explained, with where to look, not dumped
         print(f"\nFAILED at step {p.n}: {exc}", file=sys.stderr)
+        if not keep:  # the logs say why: keep them rather than delete the evidence
+            keep = True
+            print("the work folder is kept for its logs", file=sys.stderr)
         print(f"logs: {workdir / 'logs'} and {workdir / 'control-plane'}", file=sys.stderr)
-        return 1
+    # Everything the demo started is shut down by now (the exit stack has unwound).
+    print(f"\nstopped: everything the demo started is shut down; {_leave(workdir, keep)}", flush=True)
+    return code
+
+
+def _leave(workdir: Path, keep: bool) -> str:
+    """Keep or delete the work folder; says which, for the last line."""
+    if keep:
+        return f"kept {workdir} (it holds the admin password: delete it when done)"
+    shutil.rmtree(workdir, ignore_errors=True)
+    if workdir.exists():
+        return f"could not delete all of {workdir} (it holds the admin password: delete it)"
+    return f"deleted {workdir} (logs, kubeconfig and the admin password)"
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -127,7 +180,7 @@ def _run(args: argparse.Namespace, workdir: Path, p: Progress, cleanup: contextl
         p.info(f"job> {line}")
     if not ok:
         raise RuntimeError(f"the example job failed; see {workdir / 'logs'}")
-    forward = cleanup.enter_context(stack.port_forward(namespace, name, 5000))
+    forward = cleanup.enter_context(stack.port_forward(namespace, name, 5000, args.port))
     password_file = _save_admin_password(admin, namespace, status, workdir)
     user = _mlflow_user(forward.url, password_file.read_text(), f"system:serviceaccount:{namespace}:{job_sa}")
     p.info(f"MLflow user {user['username']!r} (created at first login, admin={user['is_admin']})")
@@ -216,7 +269,8 @@ def _summary(plane: controlplane.ControlPlane, url: str, namespace: str, name: s
       no kubelet: `kubectl logs` and `kubectl port-forward` need a kubelet; the pods' output is in
                   {workdir / 'logs'}/<namespace>.<pod>.<container>.log, and the MLflow UI above
                   is this demo's port-forward.
-      files:      {workdir}  (logs/ has the operator, Job and server output; control-plane/ the cluster's)
+      files:      {workdir}  (logs/ has the operator, Job and server output; control-plane/ the cluster's;
+                  deleted on exit unless --keep or --workdir)
 """
 
 

@@ -172,9 +172,10 @@ class PortForward:
     not: it sticks to one pod). Raw TCP, like kubectl's.
     """
 
-    def __init__(self, resolver: ServiceResolver, service: str, namespace: str, port: int) -> None:
+    def __init__(self, resolver: ServiceResolver, service: str, namespace: str, port: int,
+                 local_port: int = 0) -> None:
         self.resolver, self.target = resolver, f"{service}.{namespace}.svc:{port}"
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", local_port))  # 0: a free port
         self._thread = threading.Thread(target=self._accept, name="port-forward", daemon=True)
         self._closed = threading.Event()
 

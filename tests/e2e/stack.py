@@ -145,9 +145,9 @@ class Stack:
         return self.admin.list("v1/pods", namespace,
                                labels=f"app.kubernetes.io/instance={name},app.kubernetes.io/component=server")
 
-    def port_forward(self, namespace: str, service: str, port: int = 5000) -> PortForward:
-        """`kubectl port-forward svc/<service> <port>`; use as a context manager."""
-        return PortForward(self.resolver, service, namespace, port)
+    def port_forward(self, namespace: str, service: str, port: int = 5000, local_port: int = 0) -> PortForward:
+        """`kubectl port-forward svc/<service> <local_port>:<port>`; use as a context manager."""
+        return PortForward(self.resolver, service, namespace, port, local_port)
 
     def client_env(self) -> dict[str, str]:
         """Env for a process in the role of an in-cluster client (Service URLs work)."""

@@ -1,10 +1,13 @@
 """The README's demo, end to end, the way a newcomer runs it (minus the bootstrap step):
-its own control plane, the sample job, and every kubectl command it prints."""
+its own control plane, the sample job, and every kubectl command it prints; its --port,
+its last "stopped" line, and its work folder (which holds the admin password) deleted on
+exit unless --keep."""
 
 from __future__ import annotations
 
 import os
 import queue
+import socket
 import signal
 import subprocess
 import sys
@@ -19,23 +22,54 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tests.e2e.demo", "--workdir", str(tmp_path), *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """The demo with its default work folder, made under `tmp_path` (TMPDIR)."""
+    return subprocess.Popen([sys.executable, "-m", "tests.e2e.demo", *args], cwd=ROOT,
+                            env={**os.environ, "TMPDIR": str(tmp_path)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return sock.getsockname()[1]
+
+
+def _work_folder(out: str) -> Path:
+    line = next(line for line in out.splitlines() if line.strip().startswith("files:"))
+    return Path(line.split("files:", 1)[1].split()[0])
 
 
 def test_demo_runs_the_sample_job_and_prints_how_to_log_in(tmp_path: Path) -> None:
-    proc = _demo(tmp_path, "--exit-after-job")
+    port = _free_port()
+    proc = _demo(tmp_path, "--exit-after-job", "--port", str(port), "--keep")
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     for step in range(1, 6):
         assert f"[{step}/5]" in out
-    assert "MLflow UI:  http://127.0.0.1:" in out
+    assert f"MLflow UI:  http://127.0.0.1:{port} " in out
     assert "job> logged run" in out
     assert "MLflow user 'system:serviceaccount:ml-team:trainer'" in out
-    password_file = tmp_path / "admin-password"
+    workdir = _work_folder(out)
+    assert workdir.parent == tmp_path
+    # --keep: the last line says the demo stopped and where the kept folder is
+    assert out.strip().splitlines()[-1] == (f"stopped: everything the demo started is shut down; kept {workdir}"
+                                            " (it holds the admin password: delete it when done)")
+    password_file = workdir / "admin-password"
     assert password_file.stat().st_mode & 0o777 == 0o600
     # the password itself is never printed, only where to find it
     assert password_file.read_text() and password_file.read_text() not in out
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        proc = _demo(tmp_path, "--port", str(port))
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out
+    assert f"--port {port}: 127.0.0.1:{port} is in use by another program" in out
+    assert "Traceback" not in out and "[1/5]" not in out
+    assert list(tmp_path.iterdir()) == []  # no work folder made
+    print(f"refused in {time.monotonic() - started:.1f} s")
 
 
 class Lines:
@@ -70,7 +104,8 @@ class Lines:
 def test_every_kubectl_command_the_demo_prints_works(tmp_path: Path) -> None:
     proc = _demo(tmp_path)
     try:
-        lines = Lines(proc).until("Running until Ctrl-C", 400)
+        reader = Lines(proc)
+        lines = list(reader.until("Running until Ctrl-C", 400))
         export = next(line for line in lines if "export KUBECONFIG=" in line).split("export ", 1)[1]
         env = {**os.environ, **dict(kv.split("=", 1) for kv in export.split())}
         env["PATH"] = env["PATH"].replace("$PATH", os.environ["PATH"])
@@ -100,6 +135,12 @@ def test_every_kubectl_command_the_demo_prints_works(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(90)
         assert proc.returncode == 0
+        last = reader.until("stopped:", 30)[-1]
+        workdir = _work_folder("\n".join(lines))
+        # without --keep the folder with the admin password and kubeconfig is gone
+        assert not workdir.exists()
+        assert last == (f"stopped: everything the demo started is shut down; deleted {workdir}"
+                        " (logs, kubeconfig and the admin password)")
     finally:
         if proc.poll() is None:
             proc.kill()
