@@ -1,7 +1,8 @@
 """Cheap local checks on a bearer token before anything reaches the API server.
 
-The signature is NOT verified here (TokenReview does that); this only rejects tokens that
-cannot possibly pass, so junk and floods cost no API call.
+The signature is NOT verified here (jwks.py does that next, against the cluster's signing
+keys, and/or TokenReview, per `token_validation`); this only rejects tokens that cannot
+possibly pass, so junk costs neither a signature check nor an API call.
 """
 
 from __future__ import annotations

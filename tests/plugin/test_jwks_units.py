@@ -160,3 +160,15 @@ def test_token_bucket() -> None:
     assert [bucket.try_acquire() for _ in range(4)][-1] == pytest.approx(0.5)
     with pytest.raises(ValueError):
         TokenBucket(0, 1)
+
+
+def test_every_service_account_may_read_discovery_by_default(admin: Kube) -> None:
+    """Why `jwks` needs no binding of its own (Kubernetes' bootstrap RBAC, 1.35 here)."""
+    binding = admin.get("rbac.authorization.k8s.io/v1/clusterrolebindings", None,
+                        "system:service-account-issuer-discovery")
+    assert binding["roleRef"]["name"] == "system:service-account-issuer-discovery"
+    assert {"kind": "Group", "name": "system:serviceaccounts",
+            "apiGroup": "rbac.authorization.k8s.io"} in binding["subjects"]
+    role = admin.get("rbac.authorization.k8s.io/v1/clusterroles", None, "system:service-account-issuer-discovery")
+    urls = {url for rule in role["rules"] for url in rule.get("nonResourceURLs", [])}
+    assert {"/.well-known/openid-configuration", "/openid/v1/jwks"} <= urls
