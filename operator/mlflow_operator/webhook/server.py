@@ -11,6 +11,7 @@ owns the MutatingWebhookConfiguration, the operator only patches its caBundle.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import os
@@ -133,7 +134,11 @@ def _apply(ops: list[dict[str, Any]], body: dict[str, Any]) -> None:
 
 
 def make_handler(api: WebhookApi) -> Any:
-    def inject_credentials(body: kopf.Body, patch: kopf.Patch, warnings: list[str], **_: Any) -> None:
+    # Threads of their own for the one blocking call (reading the MLflowServer): Kopf's
+    # handler pool may be busy with reconciles, and the API server waits only seconds.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
+
+    async def inject_credentials(body: kopf.Body, patch: kopf.Patch, warnings: list[str], **_: Any) -> None:
         """Admission of a labelled Pod: add its MLflow credentials, or refuse it."""
         meta = body.get("metadata") or {}
         value = (meta.get("labels") or {}).get(inject.LABEL)
@@ -142,7 +147,8 @@ def make_handler(api: WebhookApi) -> Any:
         namespace = meta.get("namespace") or ""
         try:
             server_ns, name = inject.parse_label(value, namespace)
-            target, notes = inject.target_for(_read_server(api, server_ns, name), namespace)
+            server = await asyncio.get_running_loop().run_in_executor(pool, _read_server, api, server_ns, name)
+            target, notes = inject.target_for(server, namespace)
         except inject.Refused as exc:
             raise kopf.AdmissionError(str(exc), code=400) from None
         result = inject.inject(body, target)
