@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from mlflow_operator.guards import HOST_PATH_FLAG, IMAGES_FLAG, GuardRails, compile_image_pattern
 from mlflow_operator.model import DEFAULT_IMAGE, check_image
 from mlflow_operator.settings import Options
 from mlflow_operator.webhook import options as webhook_options
@@ -53,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         worker_limit=args.worker_limit,
         default_server_image=args.default_server_image,
         webhook=webhook,
+        guard_rails=GuardRails(tuple(args.allowed_images or ()), args.allow_host_path),
     )
     try:
         runner.run(options, log_format=args.log_format, verbose=args.verbose)
@@ -89,7 +91,26 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     _add_image_option(p)
     webhook_options.add_arguments(p)
+    _add_guard_options(p)
     p.set_defaults(func=_run)
+
+
+def _image_pattern(value: str) -> str:
+    try:
+        compile_image_pattern(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _add_guard_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(IMAGES_FLAG, nargs="+", action="extend", metavar="REGEX", type=_image_pattern,
+                   help="spec.image of an MLflowServer must fully match one of these regular"
+                        " expressions, else it is Degraded (ImageNotAllowed); repeatable."
+                        " Default: any image")
+    p.add_argument(HOST_PATH_FLAG, action="store_true",
+                   help="let MLflowServers mount hostPath volumes (refused by default:"
+                        " Degraded HostPathNotAllowed)")
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -71,7 +71,7 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger)
         # Handlers, the timer and child events may each hold an older body: the status
         # this process wrote last is the fresher base for transitions (no double Events).
         outcome = reconcile.run(memo.api, body, memo.statuses.get(uid),
-                                memo.options.default_server_image)
+                                memo.options.default_server_image, memo.options.guard_rails)
         memo.statuses[uid] = outcome.status
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=message)

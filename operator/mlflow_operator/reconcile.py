@@ -16,6 +16,7 @@ from mlflow_operator import names, secrets
 from mlflow_operator import status as st
 from mlflow_operator.api import RESOURCES, ApiError, KubeApi
 from mlflow_operator.apply import ApplyResult, ConflictError, apply_all, prune
+from mlflow_operator.guards import GuardRails
 from mlflow_operator.model import (DEFAULT_IMAGE, GeneratedSecrets, MLflowServerSpec, ServerRef,
                                    SpecError, StoreUris, parse_spec)
 from mlflow_operator.render import render_all
@@ -167,9 +168,10 @@ _PERMANENT = {400: "Rejected", 422: "Rejected", 403: "Forbidden"}
 
 
 def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | None = None,
-        default_image: str = DEFAULT_IMAGE) -> Outcome:
+        default_image: str = DEFAULT_IMAGE, guards: GuardRails = GuardRails()) -> Outcome:
     """`previous`: the last status written, if the caller knows a fresher one than the body's.
-    `default_image`: the server image when the spec leaves `image` unset."""
+    `default_image`: the server image when the spec leaves `image` unset.
+    `guards`: the operator's --allowed-images / --allow-host-path rails."""
     ref, generation = server_ref(body), int(body["metadata"].get("generation") or 0)
     previous = previous if previous is not None else (body.get("status") or {})
     try:
@@ -186,6 +188,7 @@ def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | Non
 
     known: dict[str, dict[str, Any] | None] = {}
     try:
+        guards.check(spec)  # before any read: a refused spec costs no API call
         uris = read_store_uris(api, ref, spec)
         check_user_secrets(api, ref, spec)
         generated = load_generated(api, ref, spec, known)

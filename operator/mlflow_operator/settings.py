@@ -6,6 +6,7 @@ import logging
 
 import kopf
 
+from mlflow_operator.guards import GuardRails
 from mlflow_operator.model import DEFAULT_IMAGE
 from mlflow_operator.webhook.options import WebhookOptions
 
@@ -32,6 +33,8 @@ class Options:
     event_level: int = logging.WARNING
     # Server image of MLflowServers that leave spec.image unset (mirrors, air-gapped clusters).
     default_server_image: str = DEFAULT_IMAGE
+    # --allowed-images and --allow-host-path: what a CR author may make the operator run.
+    guard_rails: GuardRails = GuardRails()
     # The Pod injection webhook (mlflow_operator.webhook); None: not served.
     webhook: WebhookOptions | None = None
 
