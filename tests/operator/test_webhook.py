@@ -135,6 +135,26 @@ def test_a_namespace_the_server_does_not_accept_is_refused(hook: InjectionOperat
     assert f"MLflowServer {ns}/mlflow does not accept ServiceAccounts of namespace {stranger}" in error.message
 
 
+def test_an_api_server_that_fails_or_stalls_the_servers_read_refuses_with_503(
+        hook: InjectionOperator, proxy: FaultProxy) -> None:
+    """The operator reaches the API server through the fault proxy: a failed or stalled
+    read of the MLflowServer is a clear, retryable refusal before the API server's own
+    5 s deadline (the Job controller creates the Pod again), then all is well again."""
+    ns, _, _ = hook.namespaces  # type: ignore[attr-defined]
+    path = f"/namespaces/{ns}/mlflowservers/mlflow"
+    for rule in (proxy.fail(500, "GET", path), proxy.delay(4.5, "GET", path)):
+        try:
+            start = time.monotonic()
+            error = refusal(lambda: hook.create_pod(ns, bare_pod({LABEL: "mlflow"})))
+            took = time.monotonic() - start
+        finally:
+            proxy.remove(rule)
+        assert error.code == 503 and f"could not read MLflowServer {ns}/mlflow" in error.message, error.message
+        print(f"\n{rule.action}: refused after {took:.1f} s: {error.message[:160]}")
+        assert took < 5
+    assert _try_mutated(hook, ns)
+
+
 def test_a_bad_label_value_is_refused(hook: InjectionOperator) -> None:
     ns, _, _ = hook.namespaces  # type: ignore[attr-defined]
     error = refusal(lambda: hook.create_pod(ns, bare_pod({LABEL: "a.b.c"})))

@@ -30,10 +30,18 @@ def utcnow() -> datetime.datetime:
 
 
 class WebhookApi(KubeApi):
-    """KubeApi with short timeouts (an admission call waits for us) and JSON Patch."""
+    """KubeApi with short timeouts and JSON Patch: an admission call waits for us, and the
+    API server gives up after the webhook's timeoutSeconds (the chart's default: 5)."""
 
-    def __init__(self, client: Any, timeout: float = 5.0):
+    def __init__(self, client: Any, timeout: float = 3.0):
         super().__init__(client, timeout)
+
+    @classmethod
+    def from_environment(cls, pool_size: int = 8) -> WebhookApi:
+        api = super().from_environment(pool_size)
+        # No silent urllib3 retries of a timed-out read: one attempt, then a clear answer.
+        api._client.rest_client.pool_manager.connection_pool_kw["retries"] = False
+        return api
 
     def json_patch(self, res: Resource, namespace: str | None, name: str,
                    ops: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp.web
 import jsonpatch
 import kopf
+import urllib3
 
 from mlflow_operator.api import CR_API_VERSION, RESOURCES, ApiError
 from mlflow_operator.webhook import certs, inject
@@ -123,6 +124,10 @@ def _read_server(api: WebhookApi, namespace: str, name: str) -> Mapping[str, Any
                                  f" cannot be used") from None
         # Transient (API server busy): refused now; a Job's controller creates the Pod again.
         raise kopf.AdmissionError(f"could not read MLflowServer {namespace}/{name}: {exc}", code=503) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        # No answer within WebhookApi's timeout: say so before the API server gives up on us.
+        raise kopf.AdmissionError(f"could not read MLflowServer {namespace}/{name}:"
+                                  f" {type(exc).__name__} (API server slow or unreachable)", code=503) from None
     if server is None:
         raise inject.Refused(f"MLflowServer {name} not found in namespace {namespace}"
                              f" (label {inject.LABEL})")
