@@ -35,6 +35,7 @@ from mlflow_k8s_auth.config import ServiceAccountRef, load_config, parse_config
 from mlflow_operator import names
 from mlflow_operator.model import PERMISSIONS, ServerRef, SpecError, StoreUris, parse_spec
 from mlflow_operator.render import render_all, render_auth_ini
+from mlflow_operator.render.config import TOKEN_VALIDATION
 from mlflow_operator.render.ini_check import check_auth_ini
 from tests.conftest import unique_namespace
 from tests.operator.chart_rbac import OperatorIdentity
@@ -86,6 +87,7 @@ AUTH = st.fixed_dictionaries({}, optional={
     "permissionCacheTTLSeconds": st.integers(-1, 200),
     "basicAuth": st.fixed_dictionaries({"enabled": st.booleans()}),
     "authDatabase": st.just({"uriSecretRef": {"name": "db"}}),
+    "tokenValidation": st.sampled_from([*TOKEN_VALIDATION, "jwks"]),
 })
 # Database URIs come from the user's Secrets (not the spec): awkward passwords included.
 URI = st.builds(lambda pw: f"postgresql://u:{pw}@db:5432/auth",
@@ -123,6 +125,7 @@ def _assert_read_back(path: Path, spec: Any, uris: StoreUris) -> None:
     assert config.tokenreview_timeout_seconds == auth.token_review_timeout_seconds
     assert config.permission_cache_ttl_seconds == auth.effective_permission_cache_ttl_seconds
     assert config.allow_basic_auth is auth.basic_auth.enabled
+    assert config.token_validation == TOKEN_VALIDATION[auth.token_validation]
     with _mlflow_env(path):
         mlflow = read_auth_config()
     assert mlflow.admin_username == auth.admin_username
