@@ -9,8 +9,9 @@ class SpecError(ValueError):
     """An MLflowServer spec the operator cannot act on.
 
     `reason` is CamelCase (for conditions and Events); `message` is for humans and
-    never contains secret values. `problems`: one line per invalid field, each starting
-    with its path (`spec.auth.issuers[1]: ...`), when the spec had several.
+    never contains secret values. `problems`: one line per problem, each starting with
+    the path of its field and ending with its own reason
+    (`spec.tolerations[1].operator: ... (InvalidSpec)`).
 
     A ValueError so that pydantic collects it like its own field errors: one validation
     reports every rule a spec breaks, not only the first (see `model.parse_spec`).
@@ -20,7 +21,7 @@ class SpecError(ValueError):
         super().__init__(message)
         self.reason = reason
         self.message = message
-        self.problems = problems or (message,)
+        self.problems = problems or (f"{message} ({reason})",)
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"

@@ -24,6 +24,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -180,22 +181,30 @@ class Server(_Model):
                 )
         return self
 
-    @model_validator(mode="after")
-    def _check_managed(self) -> Server:
-        for arg in self.extra_args:
+    # Field validators, not a model one: they run even when another field of `server` is
+    # invalid, so `render` reports both problems at once.
+    @field_validator("extra_args")
+    @classmethod
+    def _check_managed_args(cls, extra_args: list[str]) -> list[str]:
+        for arg in extra_args:
             flag = arg.split("=", 1)[0]
             if flag in MANAGED_FLAGS:
                 raise SpecError(
                     "ConflictingServerArgs",
                     f"server.extraArgs: {flag} is set by the operator; use the matching spec field",
                 )
-        for env in self.extra_env:
+        return extra_args
+
+    @field_validator("extra_env")
+    @classmethod
+    def _check_managed_env(cls, extra_env: list[EnvVar]) -> list[EnvVar]:
+        for env in extra_env:
             if env.name in MANAGED_ENV:
                 raise SpecError(
                     "ConflictingServerEnv",
                     f"server.extraEnv: {env.name} is set by the operator; use the matching spec field",
                 )
-        return self
+        return extra_env
 
 
 class Service(_Model):
@@ -389,14 +398,16 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
 
 
 def _spec_error(error: ValidationError) -> SpecError:
+    """One SpecError for all problems: `problems` has a line per problem, with its own
+    reason; the condition's reason is theirs if they share one, else InvalidSpec."""
     problems = _problems(error)
+    lines = tuple(f"{line} ({reason})" for reason, line in problems)
     causes = [(item.get("ctx") or {}).get("error") for item in error.errors(include_url=False)]
     if len(causes) == 1 and isinstance(causes[0], SpecError):
-        return SpecError(causes[0].reason, causes[0].message, (problems[0][1],))
+        return SpecError(causes[0].reason, causes[0].message, lines)
     reasons = {reason for reason, _ in problems}
     reason = reasons.pop() if len(reasons) == 1 else "InvalidSpec"
-    lines = tuple(line for _, line in problems)
-    return SpecError(reason, "; ".join(lines), lines)
+    return SpecError(reason, "; ".join(line for _, line in problems), lines)
 
 
 def check_image(value: str) -> str:

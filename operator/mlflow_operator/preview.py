@@ -203,7 +203,7 @@ def render_text(text: str, filename: str, default_image: str = DEFAULT_IMAGE,
         try:
             parts.append(_render_one(doc, default_image, include_secrets))
         except SpecError as exc:
-            problems += [f"{where}: {line} ({exc.reason})" for line in exc.problems]
+            problems += [f"{where}: {line}" for line in exc.problems]
     if not servers and not problems:
         problems.append(f"{filename}: no {KIND} object (apiVersion {API_VERSION}) in the file")
     if problems:

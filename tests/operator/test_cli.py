@@ -108,7 +108,7 @@ def test_render_reports_every_problem_of_every_document_at_once(tmp_path):
         "spec:\n"
         "  replicas: many\n"
         "  tolerations: [{operator: Exists}, {operator: Sometimes}]\n"
-        "  server: {workers: 0}\n"
+        "  server: {workers: 0, extraArgs: [--port=8000]}\n"
         "  service: {port: 70000}\n"
         "---\n"
         "apiVersion: v1\n"
@@ -129,13 +129,15 @@ def test_render_reports_every_problem_of_every_document_at_once(tmp_path):
         where + "spec.replicas: Input should be a valid integer, unable to parse string as an integer (InvalidSpec)",
         where + "spec.tolerations[1].operator: Input should be 'Exists' or 'Equal' (InvalidSpec)",
         where + "spec.server.workers: Input should be greater than or equal to 1 (InvalidSpec)",
+        where + "spec.server.extraArgs: --port is set by the operator; use the matching spec field"
+                " (ConflictingServerArgs)",
         where + "spec.service.port: Input should be less than or equal to 65535 (InvalidSpec)",
         f"{bad}:14: MLflowServer default/b: spec.replicas > 1 requires backendStore.uriSecretRef (an external"
         " database); sqlite on a volume cannot be shared by several pods (SqliteWithReplicas)",
         f"{bad}:19: document 4 (MLflowServer): apiVersion must be mlflow-operator.dev/v1alpha1,"
         " not 'mlflow-operator.dev/v1'",
         f"{bad}:19: document 4 (MLflowServer): metadata.name is required",
-        "7 problems, nothing rendered",
+        "8 problems, nothing rendered",
     ], lines
 
 
