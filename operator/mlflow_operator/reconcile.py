@@ -20,6 +20,8 @@ from mlflow_operator.guards import GuardRails
 from mlflow_operator.model import (DEFAULT_IMAGE, GeneratedSecrets, MLflowServerSpec, ServerRef,
                                    SpecError, StoreUris, parse_spec)
 from mlflow_operator.render import render_all
+from mlflow_operator.render.monitoring import KIND as SERVICE_MONITOR
+from mlflow_operator.render.monitoring import service_monitor_name
 
 SECRET = RESOURCES[("v1", "Secret")]
 DEPLOYMENT = RESOURCES[("apps/v1", "Deployment")]
@@ -28,7 +30,8 @@ JOB = RESOURCES[("batch/v1", "Job")]
 # Kinds that exist only for some specs: when the spec stops asking for one, it is deleted.
 OPTIONAL = [("networking.k8s.io/v1", "Ingress", names.ingress_name),
             ("networking.k8s.io/v1", "NetworkPolicy", names.network_policy_name),
-            ("policy/v1", "PodDisruptionBudget", names.pdb_name)]
+            ("policy/v1", "PodDisruptionBudget", names.pdb_name),
+            ("monitoring.coreos.com/v1", SERVICE_MONITOR, service_monitor_name)]
 
 
 @dataclasses.dataclass
@@ -62,6 +65,8 @@ def check_user_secrets(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec) -> 
     if existing:
         password = secrets.read_key(api, ref.namespace, existing, names.ADMIN_PASSWORD_KEY)
         secrets.check_admin_password(ref.namespace, existing, password)
+        if spec.monitoring.service_monitor.enabled:  # Prometheus reads the username from it
+            secrets.read_key(api, ref.namespace, existing, names.ADMIN_USERNAME_KEY)
     if spec.artifacts.credentials_secret:
         if api.get(SECRET, ref.namespace, spec.artifacts.credentials_secret) is None:
             raise secrets.MissingSecret(ref.namespace, spec.artifacts.credentials_secret)
@@ -102,8 +107,11 @@ def load_generated(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec,
 
 def _split(objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
     """Everything before the rollout, the Deployment(s), and the migration Job's name."""
-    before = [o for o in objects if o["kind"] != "Deployment"]
-    rollout = [o for o in objects if o["kind"] == "Deployment"]
+    # The ServiceMonitor comes after the Deployment: a cluster without its CRD makes the
+    # server Degraded (ServiceMonitorCRDMissing) but still running.
+    after = ("Deployment", SERVICE_MONITOR)
+    before = [o for o in objects if o["kind"] not in after]
+    rollout = [o for o in objects if o["kind"] in after]
     jobs = [o["metadata"]["name"] for o in objects if o["kind"] == "Job"]
     return before, rollout, (jobs[0] if jobs else None)
 
@@ -114,6 +122,19 @@ def _stale(ref: ServerRef, objects: list[dict[str, Any]]) -> list[dict[str, Any]
              "metadata": {"name": name_of(ref), "namespace": ref.namespace}}
             for api_version, kind, name_of in OPTIONAL
             if (kind, name_of(ref)) not in rendered]
+
+
+def _prune_optional(api: KubeApi, ref: ServerRef, objects: list[dict[str, Any]]) -> list[str]:
+    stale = _stale(ref, objects)
+    deleted = prune(api, [o for o in stale if o["kind"] != SERVICE_MONITOR], ref.uid)
+    try:
+        deleted += prune(api, [o for o in stale if o["kind"] == SERVICE_MONITOR], ref.uid)
+    except ApiError as exc:
+        # Without the chart's ServiceMonitor rule (rbac.serviceMonitors) the operator can
+        # neither have made one nor read one: nothing to delete.
+        if exc.status != 403:
+            raise
+    return deleted
 
 
 def _prune_cluster_role_binding(api: KubeApi, ref: ServerRef, objects: list[dict[str, Any]]) -> list[str]:
@@ -153,7 +174,7 @@ def _apply_and_gate(api: KubeApi, ref: ServerRef, spec: MLflowServerSpec, object
         deployment = api.get(DEPLOYMENT, ref.namespace, names.deployment_name(ref))
     # An optional object can only become stale through a spec change (or a change the
     # operator has not finished handling, as after a restart): skip the reads otherwise.
-    deleted = prune(api, _stale(ref, objects), ref.uid) if spec_changed else []
+    deleted = _prune_optional(api, ref, objects) if spec_changed else []
     if spec_changed:
         deleted += _prune_cluster_role_binding(api, ref, objects)
     if migration is not None and migration.state == "Succeeded" \
@@ -204,6 +225,12 @@ def run(api: KubeApi, body: Mapping[str, Any], previous: Mapping[str, Any] | Non
     except ConflictError as exc:
         return degraded("OwnershipConflict", str(exc))
     except ApiError as exc:
+        if exc.status == 404 and exc.kind == SERVICE_MONITOR:
+            return degraded("ServiceMonitorCRDMissing", "spec.monitoring.serviceMonitor.enabled"
+                            " needs the Prometheus Operator's ServiceMonitor CRD"
+                            " (servicemonitors.monitoring.coreos.com), which this cluster does"
+                            " not have: install it or turn the ServiceMonitor off. The server"
+                            " itself is deployed")
         if exc.status not in _PERMANENT:
             raise  # transient or unexpected: the handlers retry with a backoff
         return degraded(_PERMANENT[exc.status], str(exc))
