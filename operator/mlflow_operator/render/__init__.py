@@ -18,6 +18,7 @@ from mlflow_operator.render.common import Manifest
 from mlflow_operator.render.config import config_data, render_auth_ini, render_config_secret
 from mlflow_operator.render.deployment import allowed_hosts, render_deployment, server_args
 from mlflow_operator.render.migration import MIGRATION_HASH_LABEL, render_migration_job
+from mlflow_operator.render.monitoring import render_service_monitor
 from mlflow_operator.render.network import (
     render_ingress,
     render_network_policy,
@@ -34,7 +35,7 @@ __all__ = [
     "render_auth_ini", "render_cluster_role_binding", "render_config_secret",
     "render_deployment", "render_ingress", "render_migration_job", "render_network_policy",
     "render_pdb", "render_pvc", "render_secret_key_secret", "render_service",
-    "render_service_account", "server_args", "split_by_phase",
+    "render_service_account", "render_service_monitor", "server_args", "split_by_phase",
 ]
 
 
@@ -78,6 +79,7 @@ def render_all(
         render_pdb(ref, spec),
         render_migration_job(ref, spec, uris, generated),
         render_deployment(ref, spec, checksum),
+        render_service_monitor(ref, spec),
     ]
     return [obj for obj in objects if obj is not None]
 
