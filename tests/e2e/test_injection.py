@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import unique_namespace
 from tests.e2e import job_image, sample_job
@@ -28,6 +29,7 @@ from tests.support.kubeapi import Kube
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 NS, NAME, JOB, SA = unique_namespace("inject"), "mlflow", "train", "trainer"
+EXAMPLE = job_image.ROOT / "examples" / "labelled-job.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +94,19 @@ def test_a_job_with_only_the_label_logs_a_run(stack: Stack, admin: Kube) -> None
     print(f"\nrun {verdict['run_id']} logged by a pod with only the label; job image: "
           f"{len(installed)} distributions (mlflow-skinny {installed['mlflow-skinny']},"
           f" mlflow-k8s-token {installed['mlflow-k8s-token']})")
+
+
+def test_the_readme_example_runs_as_written(stack: Stack, admin: Kube) -> None:
+    """examples/labelled-job.yaml in this test's namespace, its `python` being the job image's."""
+    python = str(job_image.job_python())
+    stack.wait_ready(NS, NAME)
+    for doc in yaml.safe_load_all(EXAMPLE.read_text()):
+        doc["metadata"]["namespace"] = NS
+        if doc["kind"] == "Job":
+            (container,) = doc["spec"]["template"]["spec"]["containers"]
+            assert container["command"][0] == "python" and "env" in container
+            container["command"][0] = python
+            container["env"].append({"name": "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "value": "1"})
+        stack.ensure(doc)
+    ok, log = stack.wait_job(NS, "train-labelled")
+    assert ok and "logged run" in log, log[-3000:]
