@@ -1,0 +1,80 @@
+"""A ServiceAccount caller without `X-MLFLOW-WORKSPACE` works in its own namespace's workspace.
+
+A pure ASGI middleware placed outermost, before MLflow's workspace middleware reads the
+header: for a request with no `X-MLFLOW-WORKSPACE` and a bearer token that names a
+ServiceAccount namespace (the `kubernetes.io.namespace` claim) which is a workspace
+right now, it adds the header with that namespace. Nothing else changes: the token is
+still verified by `authenticate_request`, so a forged one gets its 401 as before, and
+the workspace so chosen is then authorized like any other (it is only a default, never a
+permission). A header the client sent always wins. Namespaces that are not workspaces
+(not allowed, not labelled, one-character names) add nothing: the request goes to
+MLflow's `default` workspace, as without this middleware.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+import anyio.to_thread
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+HEADER = b"x-mlflow-workspace"
+_MAX_TOKEN = 16 * 1024
+
+
+def token_namespace(authorization: bytes) -> str | None:
+    """The namespace claim of a bearer JWT, unverified (verification happens later)."""
+    scheme, _, token = authorization.partition(b" ")
+    if scheme.lower() != b"bearer" or len(token) > _MAX_TOKEN:
+        return None
+    parts = token.strip().split(b".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + b"=" * (-len(parts[1]) % 4)))
+        namespace = payload["kubernetes.io"]["namespace"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        return None
+    return namespace if isinstance(namespace, str) and namespace.isascii() else None
+
+
+class Workspaces(Protocol):
+    def has(self, name: str) -> bool: ...  # without waiting
+    def synced(self) -> bool: ...
+    def wait_synced(self) -> bool: ...
+
+
+class CallerWorkspace:
+    def __init__(self, app: ASGIApp, workspaces: Workspaces) -> None:
+        self.app = app
+        self._workspaces = workspaces
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            headers = scope.get("headers") or []
+            names = {name.lower() for name, _ in headers}
+            if HEADER not in names and b"authorization" in names:
+                authorization = next(value for name, value in headers if name.lower() == b"authorization")
+                namespace = token_namespace(authorization)
+                if namespace and await self._is_workspace(namespace):
+                    scope = dict(scope)
+                    scope["headers"] = [*headers, (HEADER, namespace.encode())]
+        await self.app(scope, receive, send)
+
+    async def _is_workspace(self, namespace: str) -> bool:
+        if not self._workspaces.synced():  # only right after start: wait off the event loop
+            await anyio.to_thread.run_sync(self._workspaces.wait_synced)
+        return self._workspaces.has(namespace)
+
+
+def install(fastapi_app: Any, workspaces: Workspaces) -> bool:
+    """Add the middleware outermost. False when the app's middleware stack is already built."""
+    if getattr(fastapi_app, "middleware_stack", None) is not None or not hasattr(fastapi_app, "add_middleware"):
+        return False
+    fastapi_app.add_middleware(CallerWorkspace, workspaces=workspaces)
+    return True
