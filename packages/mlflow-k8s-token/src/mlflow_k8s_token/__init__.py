@@ -4,6 +4,11 @@ The only module a job image needs to log to an mlflow-operator server. It depend
 nothing beyond MLflow itself (`mlflow-skinny` is enough; `requests` comes with it). The
 token file is read on every request, so a token the kubelet rotates is picked up with no
 restart and no cache to go stale.
+
+Workspaces: `MLFLOW_WORKSPACE` is sent as `X-MLFLOW-WORKSPACE` (recent MLflow clients do so
+themselves; older ones do not). Without it, an mlflow-operator server with workspaces puts
+the job in the workspace of the namespace its token was issued in. The client does not
+send that namespace itself: a server without workspaces refuses any workspace header.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestA
 TOKEN_PATH_ENV = "MLFLOW_K8S_TOKEN_PATH"
 DEFAULT_TOKEN_PATH = "/var/run/secrets/mlflow/serviceaccount/token"
 _MAX_TOKEN_BYTES = 16 * 1024
+WORKSPACE_HEADER = "X-MLFLOW-WORKSPACE"
 
 
 def token_path() -> str:
@@ -48,6 +54,10 @@ class ServiceAccountTokenAuth(requests.auth.AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {read_token(self.path)}"
+        if WORKSPACE_HEADER not in request.headers:
+            workspace = (os.environ.get("MLFLOW_WORKSPACE") or "").strip()
+            if workspace:
+                request.headers[WORKSPACE_HEADER] = workspace
         return request
 
 
