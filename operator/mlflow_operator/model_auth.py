@@ -78,8 +78,10 @@ class Auth(SpecModel):
         default="admin", min_length=1, max_length=128, pattern=r"^[^\s:]+$")
     basic_auth: BasicAuth = Field(default_factory=BasicAuth)
     auth_database: AuthDatabase | None = None
+    # 0: no positive token cache (a deleted ServiceAccount is refused as soon as
+    # kube-apiserver itself refuses its token, ~10 s).
     token_cache_ttl_seconds: int = Field(
-        default=120, ge=1, le=3600, alias="tokenCacheTTLSeconds"
+        default=120, ge=0, le=3600, alias="tokenCacheTTLSeconds"
     )
     token_review_timeout_seconds: int = Field(default=5, ge=1, le=60)
     # Unset: the default below, lowered to the token cache TTL (so a short token TTL alone
