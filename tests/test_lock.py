@@ -53,6 +53,7 @@ def test_one_uv_version_everywhere() -> None:
     version = pin.removeprefix("uv==")
     bootstrap = (ROOT / "scripts" / "bootstrap").read_text()
     assert re.search(rf"^UV_VERSION={re.escape(version)}\b", bootstrap, re.MULTILINE)
+    assert PYPROJECT["tool"]["uv"]["required-version"] == f"=={version}"
     (locked,) = [p["version"] for p in LOCK["package"] if p["name"] == "uv"]
     assert locked == version
     out = subprocess.run([str(UV), "--version"], capture_output=True, text=True, check=True).stdout
