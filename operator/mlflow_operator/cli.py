@@ -128,6 +128,10 @@ def _render(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"mlflow-operator render: cannot read {args.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, not a traceback
+        print(f"mlflow-operator render: internal error ({type(exc).__name__}: {exc}); please report it"
+              " with the file that caused it", file=sys.stderr)
+        return 1
     sys.stdout.write(text)
     return 0
 

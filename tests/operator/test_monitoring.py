@@ -187,3 +187,22 @@ def test_operator_without_the_crd_degrades_then_creates_and_deletes_the_servicem
     wait_for(lambda: admin.get(SERVICE_MONITORS, ns, "metrics") is None, timeout=60, what="ServiceMonitor deleted")
     log = operator.log()
     assert "Traceback" not in log
+
+
+def test_an_existing_admin_secret_without_a_username_is_reported(admin: Kube, operator_ns):
+    """Prometheus reads the username from the admin Secret: a user's Secret with only the
+    password (all MLflow itself needs) would make every scrape fail, so it is Degraded."""
+    ns, _ = operator_ns
+    install_service_monitor_crd(admin)
+    admin.create("v1/secrets", {"metadata": {"name": "ops-admin"}, "stringData": {"password": "a-long-admin-password"}},
+                 ns)
+    admin.create(CR, server_manifest("ops", ns, {
+        **MONITORED, "auth": {"basicAuth": {"existingAdminSecret": "ops-admin"}}}))
+    missing = wait_for(lambda: _degraded(admin, ns, "ops").get("reason") == "SecretKeyNotFound"
+                       and _degraded(admin, ns, "ops"), timeout=60, what="Degraded SecretKeyNotFound")
+    assert "'username'" in missing["message"] and "ops-admin" in missing["message"]
+    assert "a-long-admin-password" not in missing["message"]
+    admin.patch("v1/secrets", ns, "ops-admin", {"stringData": {"username": "admin"}})
+    wait_for(lambda: _degraded(admin, ns, "ops").get("status") == "False", timeout=60, what="recovered")
+    monitor = wait_for(lambda: admin.get(SERVICE_MONITORS, ns, "ops"), timeout=60, what="the ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["basicAuth"]["username"] == {"name": "ops-admin", "key": "username"}
