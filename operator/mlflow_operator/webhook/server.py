@@ -86,7 +86,8 @@ class CertServer(kopf.WebhookServer):
         _load(context, synced.bundle)
         app = aiohttp.web.Application()
         app.add_routes([aiohttp.web.post("/{id:.*}", serve)])
-        runner = aiohttp.web.AppRunner(app, handle_signals=False)
+        # No access log: Kopf already logs one line per admission (and every refusal).
+        runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
             site = aiohttp.web.TCPSite(runner, self.addr, self.port, ssl_context=context, reuse_address=True)
