@@ -106,8 +106,10 @@ class Rails:
         return next((c for c in status.get("conditions") or [] if c["type"] == "Degraded"), {})
 
     def wait_degraded(self, name: str, value: str = "True") -> dict[str, Any]:
-        return wait_for(lambda: self.degraded(name).get("status") == value and self.degraded(name),
-                        45, f"{name} Degraded={value}")
+        def seen() -> dict[str, Any] | None:
+            condition = self.degraded(name)  # one read: the status it shows, whole
+            return condition if condition.get("status") == value else None
+        return wait_for(seen, 45, f"{name} Degraded={value}")
 
     def warnings(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.admin.list("v1/events", self.ns)

@@ -357,7 +357,7 @@ def _degraded(admin: Kube, ns: str, name: str) -> dict[str, Any]:
 @pytest.mark.parametrize("name", sorted(STORED))
 def test_a_stored_spec_the_plugin_would_refuse_is_degraded_naming_the_field(stored, name: str) -> None:
     admin, ns = stored
-    degraded = wait_for(lambda: _degraded(admin, ns, name).get("status") == "True" and _degraded(admin, ns, name),
+    degraded = wait_for(lambda: (lambda c: c if c.get("status") == "True" else None)(_degraded(admin, ns, name)),
                         30, f"{name} Degraded")
     assert degraded["reason"] == "InvalidSpec"
     assert degraded["message"].startswith(STORED[name][1]) or f"{STORED[name][1]}" in degraded["message"]
