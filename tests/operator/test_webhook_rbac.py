@@ -1,7 +1,8 @@
 """The injection webhook's RBAC in the chart is exactly what it needs, judged by the real
 API server: without either of its two rules the operator meets a real 403 (and says so),
 and the rules reach that one Secret and that one MutatingWebhookConfiguration only.
-Then an operator outage with `failurePolicy: Fail`: labelled Pods wait, others do not."""
+Then an operator outage with `failurePolicy: Fail`: labelled Pods wait, others do not;
+restarted, the operator serves the certificate its Secret holds."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import unique_namespace
-from tests.operator.harness import wait_for
+from tests.operator.harness import CR, server_manifest, wait_for
 from tests.operator.webhook_harness import LABEL, InjectionOperator, bare_pod, refusal
 from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import Kube
@@ -45,6 +46,14 @@ def test_without_a_webhook_rule_the_operator_meets_a_real_403(admin: Kube, crd: 
         hook.stop()
 
 
+def _injected(hook: InjectionOperator, namespace: str) -> bool:
+    try:
+        pod = hook.dry_run_pod(namespace, bare_pod({LABEL: "mlflow"}))
+    except Exception:  # noqa: BLE001 - not back yet
+        return False
+    return any(v["name"] == "mlflow-operator-token" for v in pod["spec"].get("volumes") or [])
+
+
 def _allowed(hook: InjectionOperator, verb: str, group: str, resource: str, namespace: str, name: str) -> bool:
     """kube-apiserver's verdict for the chart's ServiceAccount (SubjectAccessReview)."""
     assert hook.identity is not None
@@ -64,6 +73,7 @@ def test_the_rules_reach_one_secret_and_one_configuration_and_an_outage_blocks_l
     hook = InjectionOperator(admin, proxy.url, tmp_path, watch=[ns], scope=[ns])
     try:
         hook.start()
+        admin.create(CR, server_manifest("mlflow", ns))
         release, secret = hook.release, hook.secret["metadata"]["name"]
         for verb in ("get", "patch"):
             assert _allowed(hook, verb, "", "secrets", release, secret)
@@ -80,10 +90,16 @@ def test_the_rules_reach_one_secret_and_one_configuration_and_an_outage_blocks_l
         # out (a Job's controller retries), and every other Pod is created as usual.
         wait_for(lambda: admin.get("v1/serviceaccounts", ns, "default"), 30, "the default ServiceAccount")
         assert hook.operator is not None
+        serial = hook.served_certificate().serial_number
         hook.operator.stop()
         assert hook.create_pod(ns, bare_pod({"app": "other"}))["metadata"]["name"]
         error = refusal(lambda: hook.create_pod(ns, bare_pod({LABEL: "mlflow"})))
         assert f'failed calling webhook "{hook.hook_name}"' in error.message, error.message
         print(f"\noperator down, labelled Pod: {error.message[:200]}")
+        # Back up: it serves the certificate its Secret holds (no new one, no caBundle change).
+        hook.operator.start()
+        wait_for(lambda: _injected(hook, ns), 30, "a labelled Pod injected again")
+        assert hook.served_certificate().serial_number == serial
+        assert "Webhook certificate issued" not in hook.log().split("Signal SIGTERM")[-1]
     finally:
         hook.stop()
