@@ -159,6 +159,10 @@ def test_a_bad_label_value_is_refused(hook: InjectionOperator) -> None:
     ns, _, _ = hook.namespaces  # type: ignore[attr-defined]
     error = refusal(lambda: hook.create_pod(ns, bare_pod({LABEL: "a.b.c"})))
     assert "'a.b.c' does not name an MLflowServer" in error.message, error.message
+    # The form a user may guess first: mutating admission runs before validation, so the
+    # webhook's answer is what they see.
+    error = refusal(lambda: hook.create_pod(ns, bare_pod({LABEL: f"{ns}/mlflow"})))
+    assert "label values cannot hold '/', use <namespace>.<name>" in error.message, error.message
 
 
 def test_a_server_not_ready_yet_is_a_warning_not_a_refusal(hook: InjectionOperator, admin: Kube) -> None:

@@ -66,3 +66,24 @@ def test_helm_upgrade_keeps_the_operators_certificates_and_ca_bundle(
         admin.delete("v1/namespaces", None, name)
     log_text = (tmp_path / "operator.log").read_text()
     assert "Traceback" not in log_text and " 403" not in log_text, log_text[-3000:]
+
+
+def test_chart_values_of_the_webhook(tmp_path: Path) -> None:
+    off = h.template(tmp_path, {"webhook": {"enabled": False}})
+    assert not [o for o in off if "webhook" in o["metadata"]["name"] or o["kind"] == "MutatingWebhookConfiguration"]
+    (container,) = h.one(off, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in container["args"] if a.startswith("--webhook")]
+    assert [p["name"] for p in container["ports"]] == ["liveness"]
+    on = h.template(tmp_path, {"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 3, "port": 10443}})
+    (hook,) = h.one(on, "MutatingWebhookConfiguration")["webhooks"]
+    assert (hook["failurePolicy"], hook["timeoutSeconds"], hook["sideEffects"]) == ("Ignore", 3, "None")
+    assert hook["objectSelector"] == {"matchExpressions": [{"key": "mlflow-operator.dev/server", "operator": "Exists"}]}
+    assert hook["rules"][0]["operations"] == ["CREATE"] and hook["reinvocationPolicy"] == "IfNeeded"
+    service = h.one(on, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "webhook"
+    (container,) = h.one(on, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "webhook", "containerPort": 10443, "protocol": "TCP"} in container["ports"]
+    assert "--webhook-port=10443" in container["args"]
+    assert f"--webhook-host={service['metadata']['name']}.{h.NAMESPACE}.svc" in container["args"]
+    assert "/webhook/timeoutSeconds" in h.template_error(tmp_path, {"webhook": {"timeoutSeconds": 31}})
+    assert "/webhook/failurePolicy" in h.template_error(tmp_path, {"webhook": {"failurePolicy": "fail"}})

@@ -61,6 +61,8 @@ class Injection:
 
 def parse_label(value: str, pod_namespace: str) -> tuple[str, str]:
     """(namespace, name) of the MLflowServer a label value names."""
+    if "/" in value:  # the API server rejects such a label later anyway: say why first
+        raise Refused(f"label {LABEL}={value!r}: label values cannot hold '/', use <namespace>.<name>")
     namespace, sep, name = value.partition(".")
     if not sep:
         namespace, name = pod_namespace, value
