@@ -47,10 +47,10 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import jwt
 from flask import g, has_request_context, request
 
 from . import responses
+from .caller_workspace import token_payload
 from .sar import AccessReviewer, AuthorizationUnavailable, Subject
 
 _logger = logging.getLogger(__name__)
@@ -118,12 +118,9 @@ class KubernetesPermissions:
 
 def _token_uid(header: str) -> str | None:
     """The ServiceAccount's uid from the bearer token our authentication already verified."""
-    scheme, _, token = header.partition(" ")
-    try:
-        claims = jwt.decode(token.strip(), options={"verify_signature": False})
-        uid = claims.get("kubernetes.io", {}).get("serviceaccount", {}).get("uid")
-    except Exception:  # noqa: BLE001 - no uid: RBAC does not need it
-        return None
+    claims = (token_payload(header.encode("latin-1", "replace")) or {}).get("kubernetes.io")
+    account = claims.get("serviceaccount") if isinstance(claims, dict) else None
+    uid = account.get("uid") if isinstance(account, dict) else None
     return uid if isinstance(uid, str) else None
 
 

@@ -27,8 +27,8 @@ HEADER = b"x-mlflow-workspace"
 _MAX_TOKEN = 16 * 1024
 
 
-def token_namespace(authorization: bytes) -> str | None:
-    """The namespace claim of a bearer JWT, unverified (verification happens later)."""
+def token_payload(authorization: bytes) -> dict[str, Any] | None:
+    """The claims of a bearer JWT, unverified (verification happens in authenticate_request)."""
     scheme, _, token = authorization.partition(b" ")
     if scheme.lower() != b"bearer" or len(token) > _MAX_TOKEN:
         return None
@@ -37,9 +37,15 @@ def token_namespace(authorization: bytes) -> str | None:
         return None
     try:
         payload = json.loads(base64.urlsafe_b64decode(parts[1] + b"=" * (-len(parts[1]) % 4)))
-        namespace = payload["kubernetes.io"]["namespace"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError):
         return None
+    return payload if isinstance(payload, dict) else None
+
+
+def token_namespace(authorization: bytes) -> str | None:
+    """The namespace a ServiceAccount token was issued in (its `kubernetes.io` claim)."""
+    claims = (token_payload(authorization) or {}).get("kubernetes.io")
+    namespace = claims.get("namespace") if isinstance(claims, dict) else None
     return namespace if isinstance(namespace, str) and namespace.isascii() else None
 
 

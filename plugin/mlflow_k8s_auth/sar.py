@@ -5,7 +5,7 @@
 (authorization.k8s.io/v1 SubjectAccessReview, sent with the server's own credentials,
 which need `create` on `subjectaccessreviews`, part of `system:auth-delegator`).
 
-Answers are cached per (user, uid, namespace, resource, verb): allowed ones for
+Answers are cached per (user, namespace, resource, verb): allowed ones for
 `authorization_allow_ttl_seconds`, denied ones for `authorization_deny_ttl_seconds` (so a
 new RoleBinding takes effect, and a deleted one stops granting, within those). Concurrent
 callers with one key share one review (singleflight). When the API server cannot answer,
@@ -70,7 +70,7 @@ class _Flight:
         self.allowed: bool | None = None
 
 
-Key = tuple[str, str, str, str, str]
+Key = tuple[str, str, str, str]
 
 
 class AccessReviewer:
@@ -103,7 +103,8 @@ class AccessReviewer:
 
     def allowed(self, subject: Subject, namespace: str, resource: str, verb: str) -> bool:
         """Whether `subject` may `verb` `resource` in `namespace`; raises AuthorizationUnavailable."""
-        key: Key = (subject.username, subject.uid or "", namespace, resource, verb)
+        # RBAC decides by user name and groups (the groups follow from a ServiceAccount name).
+        key: Key = (subject.username, namespace, resource, verb)
         with self._lock:
             cached = self._cached(key)
             if cached is not None:

@@ -37,7 +37,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubernetes import client as k8s
@@ -55,6 +55,7 @@ _logger = logging.getLogger(__name__)
 
 SCHEME = "k8s-namespaces"
 DEFAULT_WORKSPACE = "default"
+DEFAULT_DESCRIPTION = "MLflow's default workspace"
 DESCRIPTION_ANNOTATION = "mlflow.kubeflow.org/workspace-description"
 # MLflow's WorkspaceNameValidator: 2-63 characters, a DNS label, not reserved.
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -83,7 +84,8 @@ class NamespaceWatcher:
         self._selector = label_selector or None
         self._timeout = timeout_seconds
         self._lock = threading.Lock()
-        self._names: dict[str, str | None] = {}  # name -> description
+        # name -> description; MLflow's `default` is always there.
+        self._names: Mapping[str, str | None] = {DEFAULT_WORKSPACE: DEFAULT_DESCRIPTION}
         self._warned: set[str] = set()
         self.synced = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,9 +101,9 @@ class NamespaceWatcher:
     def stop(self) -> None:
         self._stop.set()
 
-    def snapshot(self) -> dict[str, str | None]:
-        with self._lock:
-            return dict(self._names)
+    def snapshot(self) -> Mapping[str, str | None]:
+        """The current names (read-only: every change replaces the mapping, never edits it)."""
+        return self._names
 
     def wait_synced(self, seconds: float = INITIAL_SYNC_SECONDS) -> bool:
         self.start()
@@ -128,7 +130,7 @@ class NamespaceWatcher:
 
     def _list(self, api: k8s.CoreV1Api) -> str:
         answer = api.list_namespace(label_selector=self._selector, _request_timeout=self._timeout)
-        names = {}
+        names = {DEFAULT_WORKSPACE: DEFAULT_DESCRIPTION}
         for namespace in answer.items:
             entry = self._entry(namespace)
             if entry is not None:
@@ -154,11 +156,15 @@ class NamespaceWatcher:
                 continue
             name = namespace.metadata.name
             entry = None if kind == "DELETED" else self._entry(namespace)
-            with self._lock:
-                if entry is None:
-                    self._names.pop(name, None)
+            with self._lock:  # copy on write: readers hold the old mapping, unlocked
+                names = dict(self._names)
+                if entry is None and name == DEFAULT_WORKSPACE:
+                    names[name] = DEFAULT_DESCRIPTION  # the workspace outlives the namespace
+                elif entry is None:
+                    names.pop(name, None)
                 else:
-                    self._names[entry[0]] = entry[1]
+                    names[entry[0]] = entry[1]
+                self._names = names
 
     def _entry(self, namespace: Any) -> tuple[str, str | None] | None:
         name = namespace.metadata.name
@@ -173,7 +179,8 @@ class NamespaceWatcher:
                                 "a DNS label, not one of %s); it is left out", name, ", ".join(sorted(_RESERVED)))
             return None
         annotations = namespace.metadata.annotations or {}
-        return name, annotations.get(DESCRIPTION_ANNOTATION)
+        fallback = DEFAULT_DESCRIPTION if name == DEFAULT_WORKSPACE else None
+        return name, annotations.get(DESCRIPTION_ANNOTATION) or fallback
 
 
 def _read_only(action: str, hint: str) -> MlflowException:
@@ -190,15 +197,13 @@ class NamespaceWorkspaceStore(AbstractStore):
     def start(self) -> None:
         self._watcher.start()
 
-    def names(self) -> dict[str, str | None]:
+    def names(self) -> Mapping[str, str | None]:
         """Current workspaces (name -> description); `default` included. Waits for the first
         list once; 503 if the API server has not answered it."""
         if not self._watcher.wait_synced():
             raise MlflowException("the list of workspaces (Kubernetes namespaces) is not available yet, retry shortly",
                                   databricks_pb2.TEMPORARILY_UNAVAILABLE)
-        names = self._watcher.snapshot()
-        names.setdefault(DEFAULT_WORKSPACE, "MLflow's default workspace")
-        return names
+        return self._watcher.snapshot()
 
     def synced(self) -> bool:
         return self._watcher.synced.is_set()
@@ -207,8 +212,9 @@ class NamespaceWorkspaceStore(AbstractStore):
         return self._watcher.wait_synced()
 
     def has(self, name: str) -> bool:
-        """Without waiting: whether `name` is a workspace right now (False before the first list)."""
-        return name == DEFAULT_WORKSPACE or name in self._watcher.snapshot()
+        """Without waiting: whether `name` is a workspace right now (only `default` before the
+        first list)."""
+        return name in self._watcher.snapshot()
 
     def list_workspaces(self) -> Iterable[Workspace]:
         return [Workspace(name=name, description=text) for name, text in sorted(self.names().items())]
@@ -224,7 +230,7 @@ class NamespaceWorkspaceStore(AbstractStore):
         return Workspace(name=workspace_name, description=names[workspace_name])
 
     def get_default_workspace(self) -> Workspace:
-        return Workspace(name=DEFAULT_WORKSPACE, description="MLflow's default workspace")
+        return Workspace(name=DEFAULT_WORKSPACE, description=DEFAULT_DESCRIPTION)
 
     def create_workspace(self, workspace: Workspace) -> Workspace:
         raise _read_only("created", f"create the namespace{self._selector_hint()} instead")

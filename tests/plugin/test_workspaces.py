@@ -11,12 +11,15 @@ rights are real RoleBindings to a ClusterRole on API group `mlflow.kubeflow.org`
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import pytest
 import requests
 from mlflow import MlflowClient
@@ -320,16 +323,15 @@ def test_api_server_unreachable_for_a_review_is_503(env: Env) -> None:
     assert sa_get(env, token, "/api/2.0/mlflow/experiments/search", max_results=10).status_code == 200
 
 
-def test_mlflow_kubernetes_namespaced_provider(env: Env, team_a_run: dict[str, str], tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """MLflow's own `kubernetes-namespaced` client provider: token and workspace from a kubeconfig."""
+def test_mlflow_kubernetes_namespaced_provider(env: Env, team_a_run: dict[str, str], tmp_path: Path) -> None:
+    """MLflow's own `kubernetes-namespaced` client provider, in a job process of its own:
+    token and workspace from the job's kubeconfig."""
     kubeconfig = env.cluster.admin.write_kubeconfig(
         tmp_path / "kubeconfig", token=env.token("team-a", "trainer"), namespace=env.ns["team-a"])
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "kubernetes-namespaced")
-    monkeypatch.delenv("MLFLOW_WORKSPACE", raising=False)
-    try:
-        names = [e.name for e in MlflowClient(tracking_uri=env.server.url).search_experiments()]
-    finally:
-        mlflow.set_workspace(None)
-    assert f"{env.ns['team-a']}-training" in names
+    job_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KUBECONFIG"))}
+    job_env.update({"KUBECONFIG": str(kubeconfig), "MLFLOW_TRACKING_AUTH": "kubernetes-namespaced",
+                    "MLFLOW_TRACKING_URI": env.server.url})
+    code = "import json, mlflow; print(json.dumps([e.name for e in mlflow.search_experiments()]))"
+    job = subprocess.run([sys.executable, "-c", code], env=job_env, capture_output=True, text=True, timeout=120)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert f"{env.ns['team-a']}-training" in json.loads(job.stdout.strip().splitlines()[-1])
