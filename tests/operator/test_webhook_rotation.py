@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 import pytest
 from cryptography import x509
 
+from mlflow_operator.webhook import certs
+from mlflow_operator.webhook.keeper import ApiError, Keeper, WebhookApi, utcnow
 from tests.conftest import unique_namespace
 from tests.operator.harness import CR, server_manifest, wait_for
 from tests.operator.webhook_harness import LABEL, InjectionOperator, bare_pod
+from tests.support.controlplane import ControlPlane
 from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import Kube
 
@@ -122,3 +125,33 @@ def test_an_emptied_secret_is_refilled_and_pods_are_still_injected(hook: Injecti
     took = seen.run(hook, lambda w: len(set(w.issuers.values())) >= 2 and w.admitted >= 10, timeout=30)
     print(f"\nrefilled; new CA served after {took:.1f} s; {seen.admitted} Pods injected, {len(seen.failed)} failed")
     assert seen.failed == []
+
+
+def test_two_replicas_share_one_certificate(admin: Kube, control_plane: ControlPlane,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Secret is written with its resourceVersion as a precondition: of two keepers
+    (two replicas) that both saw it empty, the second write is refused by the API server
+    (409), and that keeper adopts the first one's certificates instead of its own."""
+    ns = unique_namespace("keepers")
+    admin.create_namespace(ns)
+    try:
+        admin.create("v1/secrets", {"metadata": {"name": "tls"}, "type": "Opaque"}, ns)
+        admin.create("admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", {
+            "metadata": {"name": ns}, "webhooks": [{
+                "name": "inject.mlflow-operator.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "clientConfig": {"url": "https://127.0.0.1:1/inject"}, "rules": [],
+                "objectSelector": {"matchLabels": {"never": ns}}}]})
+        monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+        a, b = (Keeper(WebhookApi.from_environment(), ns, "tls", ns, ["127.0.0.1"], certs.Policy()) for _ in "ab")
+        empty = admin.get("v1/secrets", ns, "tls")
+        first = a.sync().bundle
+        mine = certs.plan(None, ["127.0.0.1"], utcnow(), certs.Policy())
+        with pytest.raises(ApiError) as refused:
+            b._store(empty, mine)  # what b would write, from the empty Secret it read
+        assert refused.value.status == 409
+        assert b.sync().bundle == first  # it reads again and adopts
+        hook = admin.get("admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", None, ns)
+        assert base64.b64decode(hook["webhooks"][0]["clientConfig"]["caBundle"]) == first.ca_cert
+    finally:
+        admin.delete("admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", None, ns)
+        admin.delete("v1/namespaces", None, ns)
