@@ -335,3 +335,29 @@ def test_mlflow_kubernetes_namespaced_provider(env: Env, team_a_run: dict[str, s
     job = subprocess.run([sys.executable, "-c", code], env=job_env, capture_output=True, text=True, timeout=120)
     assert job.returncode == 0, job.stderr[-2000:]
     assert f"{env.ns['team-a']}-training" in json.loads(job.stdout.strip().splitlines()[-1])
+
+
+def test_humans_keep_mlflows_own_permissions(env: Env, team_a_run: dict[str, str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Basic-auth user is authorized by MLflow's roles, not by RBAC (no SubjectAccessReview)."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN_USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    auth = AuthServiceClient(env.server.url)
+    user, password = unique_namespace("analyst"), "analyst-password-1234"
+    auth.create_user(user, password)
+    team_a = env.ns["team-a"]
+
+    def can_read() -> int:
+        return requests.get(env.server.url + "/api/2.0/mlflow/experiments/get",
+                            params={"experiment_id": team_a_run["experiment_id"]},
+                            headers={**basic(user, password), "X-MLFLOW-WORKSPACE": team_a}, timeout=30).status_code
+
+    before = env.sars()
+    assert can_read() == 403
+    role = auth.create_role(team_a, unique_namespace("readers"))
+    auth.add_role_permission(role.id, "experiment", "*", "READ")
+    auth.assign_role(user, role.id)
+    assert can_read() == 200
+    assert env.sars() == before
