@@ -41,7 +41,9 @@ from tests.conftest import unique_namespace
 from tests.operator.chart_rbac import OperatorIdentity
 from tests.operator.harness import OperatorProcess, release_namespace, server_manifest, wait_for
 from tests.support.crd import CR, ServerCheck, crd_manifest, crd_namespace, install_crd
+from tests.support.controlplane import ControlPlane
 from tests.support.kubeapi import Kube
+from tests.support.kubectl import Kubectl
 from tests.support.node import Node, SimulatedRunner
 from tests.operator.test_render import GENERATED
 
@@ -289,6 +291,21 @@ def test_namespace_twice_is_refused_by_the_api_server_at_full_size(server: Serve
                       " namespace twice; give each namespace one permission"]
     _, errors = server.create({"auth": {"namespacePermissions": ["team-a:READ", "team-a:EDIT"]}})
     assert len(errors) == 1 and "twice" in errors[0]
+
+
+def test_kubectl_apply_of_the_reported_values_is_refused_naming_each_field(
+        server: ServerCheck, control_plane: ControlPlane, tmp_path: Path) -> None:
+    manifest = server_manifest("reported", server.namespace, {"auth": {
+        "audience": "a\u00a0b", "issuers": ["https://ok", "https://a b"],
+        "namespacePermissions": ["team-a:READ", "team-a:EDIT"], "adminUsername": "admin\x1c"}})
+    result = Kubectl(control_plane.kubeconfig, tmp_path)(
+        "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(manifest, allow_unicode=True), check=False)
+    assert result.returncode == 1, result.stdout
+    for field in ("spec.auth.audience: Invalid value", "spec.auth.issuers[1]: Invalid value",
+                  "spec.auth.namespacePermissions: Invalid value", "spec.auth.adminUsername: Invalid value"):
+        assert field in result.stderr, result.stderr
+    assert "lists a namespace twice" in result.stderr
+    assert server.admin.get(CR, server.namespace, "reported") is None
 
 
 # --- a running operator and objects stored under an older CRD ------------------------------

@@ -80,7 +80,10 @@ def _first_bad_prefix(text: str, where: tuple[str, str], items: Sequence[str]) -
     section, key = where
     for end in range(1, len(items) + 1):
         parser = configparser.ConfigParser(interpolation=None)
-        parser.read_string(text)
+        try:
+            parser.read_string(text)
+        except configparser.Error:  # not the case for what render_auth_ini writes
+            return None
         parser[section][key] = ",".join(items[:end]).replace("%", "%%")
         out = io.StringIO()
         parser.write(out)
