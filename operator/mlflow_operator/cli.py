@@ -55,6 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         default_server_image=args.default_server_image,
         webhook=webhook,
         guard_rails=GuardRails(tuple(args.allowed_images or ()), args.allow_host_path),
+        metrics_port=args.metrics_port,
     )
     try:
         runner.run(options, log_format=args.log_format, verbose=args.verbose)
@@ -89,10 +90,22 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-format", choices=("json", "plain", "full"), default="json",
                    help="log line format (default json)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--metrics-port", type=_port, default=0, metavar="PORT",
+                   help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off)")
     _add_image_option(p)
     webhook_options.add_arguments(p)
     _add_guard_options(p)
     p.set_defaults(func=_run)
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
 
 
 def _image_pattern(value: str) -> str:

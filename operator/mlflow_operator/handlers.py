@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from mlflow_operator import reconcile
+from mlflow_operator import metrics, reconcile
 from mlflow_operator import status as status_mod
 from mlflow_operator.api import CR_API_VERSION, RESOURCES, ApiError, KubeApi
 from mlflow_operator.model import ServerRef
@@ -67,12 +67,14 @@ def make_memo(api: KubeApi, options: Options) -> kopf.Memo:
 def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger) -> dict[str, Any] | None:
     """Reconcile one MLflowServer; the new status, or None when it would not change."""
     uid = body["metadata"]["uid"]
-    with memo.locks.hold(uid):
+    with memo.locks.hold(uid), metrics.timed_reconcile():
         # Handlers, the timer and child events may each hold an older body: the status
         # this process wrote last is the fresher base for transitions (no double Events).
         outcome = reconcile.run(memo.api, body, memo.statuses.get(uid),
                                 memo.options.default_server_image, memo.options.guard_rails)
         memo.statuses[uid] = outcome.status
+    degraded = status_mod.condition(outcome.status, status_mod.DEGRADED)
+    metrics.record(uid, degraded.get("reason") if degraded.get("status") == "True" else None)
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=message)
     if outcome.created or outcome.updated or outcome.deleted:
@@ -110,6 +112,7 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any
             logger.info("Deleted ClusterRoleBinding/%s", name)
     memo.locks.forget(ref.uid)
     memo.statuses.pop(ref.uid, None)
+    metrics.forget(ref.uid)
 
 
 def _owner(body: Mapping[str, Any]) -> tuple[str, str, str] | None:

@@ -6,7 +6,7 @@ import logging
 import kopf
 import kubernetes.config
 
-from mlflow_operator import handlers
+from mlflow_operator import handlers, metrics
 from mlflow_operator.api import KubeApi
 from mlflow_operator.settings import Options, configure
 
@@ -59,6 +59,8 @@ def build(options: Options) -> tuple[kopf.OperatorRegistry, kopf.OperatorSetting
 def run(options: Options, *, log_format: str = "json", verbose: bool = False) -> None:
     configure_logging(log_format, verbose)
     registry, settings, memo = build(options)
+    if options.metrics_port:
+        metrics.serve(options.metrics_port)
     kopf.run(
         registry=registry,
         settings=settings,

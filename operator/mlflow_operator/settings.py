@@ -37,6 +37,8 @@ class Options:
     guard_rails: GuardRails = GuardRails()
     # The Pod injection webhook (mlflow_operator.webhook); None: not served.
     webhook: WebhookOptions | None = None
+    # Port of the Prometheus metrics endpoint (mlflow_operator.metrics); 0: not served.
+    metrics_port: int = 0
 
     @property
     def clusterwide(self) -> bool:

@@ -190,10 +190,12 @@ def test_help_lists_commands_and_run_options():
     assert "run" in top.stdout and "render" in top.stdout
     run = cli("run", "--help")
     for option in ("--namespace", "--all-namespaces", "--standalone", "--peering", "--liveness",
-                   "--resync-seconds", "--log-format", "--default-server-image"):
+                   "--resync-seconds", "--log-format", "--default-server-image", "--metrics-port"):
         assert option in run.stdout
     usage = cli("run", "--namespace", "a", "--all-namespaces")
     assert usage.returncode == 2 and "not allowed with argument" in usage.stderr
+    port = cli("run", "--metrics-port", "http")
+    assert port.returncode == 2 and "argument --metrics-port: 'http' is not a port number" in port.stderr
 
 
 def _images(text: str) -> set[str]:

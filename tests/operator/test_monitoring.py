@@ -7,7 +7,10 @@
   server-side dry-run and apply; a value that schema refuses is refused;
 - the real operator, with the chart's RBAC and its `rbac.serviceMonitors` rule: without the
   CRD the server is deployed and Degraded (ServiceMonitorCRDMissing); once the CRD is
-  installed the ServiceMonitor appears and the server recovers; turned off, it is deleted.
+  installed the ServiceMonitor appears and the server recovers; turned off, it is deleted;
+- the operator's own metrics (`run --metrics-port`) as Prometheus scrapes them, and the
+  chart's `metrics.*` values: the operator's Service and ServiceMonitor, the latter accepted
+  by the real CRD and selecting that Service only.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from mlflow_operator.model import ServerRef, SpecError, parse_spec
@@ -27,7 +31,8 @@ from mlflow_operator.render.monitoring import render_service_monitor
 from mlflow_operator.model import GeneratedSecrets
 from tests.conftest import unique_namespace
 from tests.operator.chart_rbac import CHART, HELM, RBAC_KINDS, OperatorIdentity
-from tests.operator.harness import GatedRunner, OperatorProcess, release_namespace, server_manifest, wait_for
+from tests.operator.harness import (GatedRunner, OperatorProcess, free_port, release_namespace, server_manifest,
+                                    wait_for)
 from tests.support.crd import CR
 from tests.support.kubeapi import ApiError, Kube
 from tests.support.node import Node
@@ -150,7 +155,10 @@ def operator_ns(admin: Kube, crd, proxy, tmp_path_factory) -> Iterator[tuple[str
     identity = OperatorIdentity.install(admin, workdir, release, watch=[ns],
                                         change=lambda _: _rbac_with_service_monitors(release, [ns]))
     node = Node(admin, f"node-{ns}", namespaces={ns}, runner=GatedRunner()).start()
-    operator = OperatorProcess(identity.kubeconfig(admin, proxy.url), workdir, [ns])
+    port = free_port()
+    operator = OperatorProcess(identity.kubeconfig(admin, proxy.url), workdir, [ns],
+                               extra=["--metrics-port", str(port)])
+    operator.metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
     try:
         operator.start()
         yield ns, operator
@@ -160,6 +168,15 @@ def operator_ns(admin: Kube, crd, proxy, tmp_path_factory) -> Iterator[tuple[str
         release_namespace(admin, ns)
         identity.uninstall(admin)
         remove_service_monitor_crd(admin)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The operator's metrics as Prometheus reads them: `name{labels}` -> value."""
+    session = requests.Session()
+    session.trust_env = False  # straight to the local port
+    text = session.get(url, timeout=10).text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def _degraded(admin: Kube, ns: str, name: str) -> dict[str, Any]:
@@ -176,10 +193,19 @@ def test_operator_without_the_crd_degrades_then_creates_and_deletes_the_servicem
     assert "servicemonitors.monitoring.coreos.com" in missing["message"]
     # The server itself is deployed: only its scraping is missing.
     assert admin.get("apps/v1/deployments", ns, "metrics") is not None
+    # The operator's own metrics count it (the gauge by reason, never a name).
+    degraded_gauge = 'mlflow_operator_degraded_servers{reason="ServiceMonitorCRDMissing"}'
+    assert scrape(operator.metrics_url).get(degraded_gauge) == 1.0
     started = time.monotonic()
     install_service_monitor_crd(admin)
     monitor = wait_for(lambda: admin.get(SERVICE_MONITORS, ns, "metrics"), timeout=60, what="the ServiceMonitor")
     wait_for(lambda: _degraded(admin, ns, "metrics").get("status") == "False", timeout=60, what="recovered")
+    after = scrape(operator.metrics_url)
+    assert degraded_gauge not in after
+    assert after['mlflow_operator_reconciles_total{result="ok"}'] >= 1
+    assert after['mlflow_operator_reconciles_total{result="degraded"}'] >= 1
+    assert after["mlflow_operator_reconcile_duration_seconds_count"] >= 2
+    assert "process_resident_memory_bytes" in after
     print(f"ServiceMonitor created and server recovered {time.monotonic() - started:.1f} s after the CRD")
     assert monitor["spec"]["endpoints"][0]["basicAuth"]["username"] == {"name": "metrics-admin", "key": "username"}
     assert monitor["metadata"]["ownerReferences"][0]["kind"] == "MLflowServer"
@@ -206,3 +232,45 @@ def test_an_existing_admin_secret_without_a_username_is_reported(admin: Kube, op
     wait_for(lambda: _degraded(admin, ns, "ops").get("status") == "False", timeout=60, what="recovered")
     monitor = wait_for(lambda: admin.get(SERVICE_MONITORS, ns, "ops"), timeout=60, what="the ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["basicAuth"]["username"] == {"name": "ops-admin", "key": "username"}
+
+
+# ---- the chart's metrics values ----------------------------------------------------------
+
+def _helm_template(*values: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HELM), "template", "mon", str(CHART), "--namespace", "ops", *values],
+                          capture_output=True, text=True, timeout=60,
+                          env={"HELM_CACHE_HOME": "/tmp/helm-test/cache", "HELM_CONFIG_HOME": "/tmp/helm-test/config",
+                               "HELM_DATA_HOME": "/tmp/helm-test/data", "PATH": "/usr/bin:/bin"})
+
+
+def test_the_chart_renders_the_operators_metrics_service_and_servicemonitor(admin: Kube, namespace: str):
+    default = [d for d in yaml.safe_load_all(_helm_template().stdout) if d]
+    assert not [d for d in default if d["kind"] == "ServiceMonitor" or d["metadata"]["name"].endswith("-metrics")]
+    out = _helm_template("--set", "metrics.enabled=true", "--set", "metrics.serviceMonitor.enabled=true",
+                         "--set", "metrics.serviceMonitor.interval=30s",
+                         "--set", "metrics.serviceMonitor.labels.release=kube-prometheus-stack")
+    assert out.returncode == 0, out.stderr
+    objects = [d for d in yaml.safe_load_all(out.stdout) if d]
+    deployment = next(d for d in objects if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-port=8081" in container["args"]
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    services = [d for d in objects if d["kind"] == "Service"]
+    monitor = next(d for d in objects if d["kind"] == "ServiceMonitor")
+    selected = [s for s in services
+                if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in selected] == ["mon-mlflow-operator-metrics"]  # not the webhook's
+    assert monitor["spec"]["endpoints"][0]["port"] == selected[0]["spec"]["ports"][0]["name"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # Accepted by the real ServiceMonitor CRD (server-side, strict field validation).
+    install_service_monitor_crd(admin)
+    for obj in (selected[0], monitor):
+        obj["metadata"]["namespace"] = namespace
+        admin.request("PATCH", f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/servicemonitors/"
+                      f"{obj['metadata']['name']}" if obj["kind"] == "ServiceMonitor" else
+                      f"/api/v1/namespaces/{namespace}/services/{obj['metadata']['name']}",
+                      body=obj, params={"fieldManager": "tests", "fieldValidation": "Strict", "dryRun": "All"},
+                      content_type="application/apply-patch+yaml")
+    refused = _helm_template("--set", "metrics.serviceMonitor.enabled=true")
+    assert refused.returncode != 0
+    assert "metrics.serviceMonitor.enabled needs metrics.enabled" in refused.stderr
