@@ -141,6 +141,8 @@ def reconcile(store: Any, config_permissions: Mapping[str, str]) -> None:
 def _park(store: Any, role: Any, namespace: str) -> None:
     parked = parked_role_name(namespace)
     stale = find_role(store, parked)
+    if stale is not None and stale.id == role.id:
+        return  # another process parked this very role a moment ago
     if stale is not None:
         # A role parked earlier whose namespace role an admin made again: the newer one wins.
         _ignore_missing(lambda: store.delete_role(stale.id))

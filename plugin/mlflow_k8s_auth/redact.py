@@ -15,12 +15,19 @@ environment) and removes, for each of them:
 - then, for any URI left in the text, everything between `user:` and the last `@` of it.
 
 Over-redaction (a host name cut) is accepted; a shown password piece is not.
+
+`install_log_redaction` applies the same to every log record the process makes from then
+on (MLflow's engine retry warnings quote the driver's error, uvicorn logs a worker's failed
+start with its traceback). What MLflow prints before it loads the plugin (its own backend
+store checks in the `mlflow server` command) is out of the plugin's reach.
 """
 
 from __future__ import annotations
 
 import configparser
+import logging
 import os
+import threading
 import re
 import sys
 from collections.abc import Iterable
@@ -31,6 +38,7 @@ MASK = "***"
 _SPLITTERS = "@:/#?%"
 # scheme://user:<anything without blanks or quotes, greedy to the last @>@
 _URI_WITH_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*:)[^\s'\"]*@")
+_ALONE = r"(?<![A-Za-z0-9])"
 _AUTH_INI_KEYS = ("database_uri", "read_database_uri")
 
 
@@ -46,8 +54,13 @@ def password_of(uri: str) -> str | None:
     return userinfo[colon + 1:] if colon >= 0 and colon + 1 < len(userinfo) else None
 
 
-def secret_patterns(uri: str) -> list[re.Pattern[str]]:
-    """What to mask for `uri`, longest first (so a piece never masks half a longer one)."""
+def secret_patterns(uris: Iterable[str]) -> list[re.Pattern[str]]:
+    """What to mask for `uris`, longest first (so a piece never masks half a longer one)."""
+    items = {item for uri in uris for item in _secret_items(uri)}
+    return [pattern for _, pattern in sorted(items, key=lambda item: item[0], reverse=True)]
+
+
+def _secret_items(uri: str) -> list[tuple[int, re.Pattern[str]]]:
     password = password_of(uri)
     if not password:
         return []
@@ -57,19 +70,61 @@ def secret_patterns(uri: str) -> list[re.Pattern[str]]:
     for whole in wholes:
         exact.update(whole[i + 1:] + "@" for i, char in enumerate(whole) if char in _SPLITTERS and whole[i + 1:])
         pieces.update(p for p in re.split(f"[{re.escape(_SPLITTERS)}]", whole) if p)
-    patterns = [(len(f), re.compile(re.escape(f))) for f in exact if f.strip("@")]
-    # A piece stands alone where a parser cut the password at a splitter (`host 'Qx2'`):
-    # masked only where no letter or digit touches it, so `ss` does not eat `class`.
-    patterns += [(len(p), re.compile(rf"(?<![A-Za-z0-9]){re.escape(p)}(?![A-Za-z0-9])")) for p in pieces]
-    return [pattern for _, pattern in sorted(patterns, key=lambda item: item[0], reverse=True)]
+    # Masked only where no letter or digit touches them, so `ss` does not eat `class`; a
+    # piece stands alone where a parser cut the password at a splitter (`host 'Qx2'`).
+    patterns = [(len(f), re.compile(rf"{_ALONE}{re.escape(f)}")) for f in exact if f.endswith("@") and f.strip("@")]
+    patterns += [(len(p), re.compile(rf"{_ALONE}{re.escape(p)}(?![A-Za-z0-9])"))
+                 for p in pieces | {f for f in exact if not f.endswith("@")}]
+    return patterns
 
 
 def redact(text: str, uris: Iterable[str] | None = None) -> str:
     """`text` without any password of `uris` (default: every URI this process was given)."""
-    for uri in known_uris() if uris is None else uris:
-        for pattern in secret_patterns(uri):
-            text = pattern.sub(lambda m: MASK + "@" if m.group(0).endswith("@") else MASK, text)
+    return _apply(secret_patterns(known_uris() if uris is None else uris), text)
+
+
+def _apply(patterns: list[re.Pattern[str]], text: str) -> str:
+    for pattern in patterns:
+        text = pattern.sub(lambda m: MASK + "@" if m.group(0).endswith("@") else MASK, text)
     return _URI_WITH_PASSWORD.sub(rf"\1{MASK}@", text)
+
+
+_installed = threading.Lock()
+_factory_installed = False
+
+
+def install_log_redaction() -> None:
+    """Redact every log record made from now on, whichever logger or handler it goes to
+    (a record factory, not a handler filter: handlers made later are covered too)."""
+    global _factory_installed
+    with _installed:
+        if _factory_installed:
+            return
+        patterns = secret_patterns(known_uris())
+        previous = logging.getLogRecordFactory()
+
+        def redacting_factory(*args: object, **kwargs: object) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            _scrub(record, patterns)
+            return record
+
+        logging.setLogRecordFactory(redacting_factory)
+        _factory_installed = True
+
+
+def _scrub(record: logging.LogRecord, patterns: list[re.Pattern[str]]) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string: let the handler report it as usual
+        return
+    clean = _apply(patterns, message)
+    if clean != message:  # records left alone keep their args (uvicorn's access log reads them)
+        record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[1] is not None:
+        text = logging.Formatter().formatException(record.exc_info)
+        clean = _apply(patterns, text)
+        if clean != text:  # formatters print exc_text when exc_info is gone: the redacted one
+            record.exc_text, record.exc_info = clean, None
 
 
 def known_uris() -> list[str]:

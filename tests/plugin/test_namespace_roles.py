@@ -5,6 +5,7 @@ the admin through `get_app_client("k8s-auth", ...)`."""
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,11 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
+from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
+from mlflow_k8s_auth import namespace_ownership
 from mlflow_k8s_auth.client import NamespacePermission
-from mlflow_k8s_auth.namespace_roles import parked_role_name, role_name
+from mlflow_k8s_auth.namespace_roles import ROLE_WORKSPACE, parked_role_name, role_name
 from tests.plugin.cluster import PluginCluster
 from tests.plugin.conftest import ADMIN_PASSWORD, ADMIN_USER, MlflowServer, Postgres, render_ini
 
@@ -190,3 +193,35 @@ def test_vanished_config_role_is_made_again_and_cannot_be_deleted_through_the_ap
         assert site.tag_status(experiment_id) == 200
     [(new_id, description)] = site.roles(role_name(jobs))
     assert new_id != role_id and "namespace_permissions" in str(description)
+
+
+def test_concurrent_take_over_and_release_on_postgres(fresh_databases: Callable[[], Postgres]) -> None:
+    """Replicas and workers starting together (two engines, eight threads) park the admin's
+    role once, make one config role, and later give the admin's role back once."""
+    db = fresh_databases()
+    stores = [SqlAlchemyStore(), SqlAlchemyStore()]
+    for store in stores:
+        store.init_db(db.uri)
+    admin_role = stores[0].create_role(role_name("jobs"), ROLE_WORKSPACE, description="made by hand")
+    stores[0].add_role_permission(admin_role.id, "experiment", "*", "READ")
+    users = [stores[0].create_user(f"system:serviceaccount:jobs:sa-{i}", "x" * 12) for i in range(3)]
+    for user in users:
+        stores[0].assign_role_to_user(user.id, admin_role.id)
+
+    def run_everywhere(config: dict[str, str]) -> None:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: namespace_ownership.reconcile(stores[i % 2], config), range(8)))
+
+    run_everywhere({"jobs": "MANAGE"})
+    rows = db.query("SELECT name, description FROM roles ORDER BY name")
+    assert [name for name, _ in rows] == [role_name("jobs"), parked_role_name("jobs")]
+    config_role = stores[0].get_role_by_name(ROLE_WORKSPACE, role_name("jobs"))
+    assert {p.permission for p in stores[0].list_role_permissions(config_role.id)} == {"MANAGE"}
+    assert db.query("SELECT count(*) FROM user_role_assignments") == [(0,)]  # parked: no members
+
+    run_everywhere({})
+    assert db.query("SELECT id, name FROM roles") == [(admin_role.id, role_name("jobs"))]
+    assert [(p.resource_type, p.permission) for p in stores[0].list_role_permissions(admin_role.id)] == [
+        ("experiment", "READ")]
+    members = db.query("SELECT user_id FROM user_role_assignments WHERE role_id = %s", (admin_role.id,))
+    assert sorted(m for (m,) in members) == sorted(u.id for u in users)
