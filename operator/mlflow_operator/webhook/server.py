@@ -51,6 +51,12 @@ def _load(context: ssl.SSLContext, bundle: certs.Bundle) -> None:
         context.load_cert_chain(cert, key)
 
 
+def _describe(exc: Exception) -> str:
+    # ApiError texts are written for logs (never a Secret's content); for the rest, the type
+    # and its message (a URL at most).
+    return str(exc) if isinstance(exc, (ApiError, RuntimeError)) else f"{type(exc).__name__}: {exc}"
+
+
 class CertServer(kopf.WebhookServer):
     """HTTPS endpoint for Kopf's admission requests, certificates kept by `keeper`."""
 
@@ -68,8 +74,8 @@ class CertServer(kopf.WebhookServer):
         while True:
             try:
                 return await self._sync()
-            except (ApiError, RuntimeError) as exc:
-                log.error("Webhook certificates not ready, retrying in %.0f s: %s", delay, exc)
+            except Exception as exc:  # noqa: BLE001 - API errors, timeouts, refused connections
+                log.error("Webhook certificates not ready, retrying in %.0f s: %s", delay, _describe(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -102,8 +108,9 @@ class CertServer(kopf.WebhookServer):
                 await asyncio.sleep(self._wait(served))
                 try:
                     synced = await self._sync()
-                except (ApiError, RuntimeError) as exc:
-                    log.error("Webhook certificate check failed (still serving the current one): %s", exc)
+                except Exception as exc:  # noqa: BLE001 - the listener must outlive an API outage
+                    log.error("Webhook certificate check failed (still serving the current one): %s",
+                              _describe(exc))
                     continue
                 if synced.bundle.cert != served.cert:
                     if synced.ca_changed:
