@@ -171,8 +171,21 @@ def make_handler(api: WebhookApi) -> Any:
     return inject_credentials
 
 
+class _RefusalsAreWarnings(logging.Filter):
+    """Kopf logs a refused Pod as an ERROR ("Webhook 'inject' failed permanently: ..."): it
+    is a user's mistake the user sees at once, not an operator failure to alert on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and isinstance(record.msg, str) \
+                and record.msg.startswith(f"Webhook {HANDLER_ID!r} failed permanently"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = None  # the message says it all; no traceback for a refusal
+        return True
+
+
 def register(registry: kopf.OperatorRegistry, settings: kopf.OperatorSettings, options: WebhookOptions) -> None:
     """Serve the injection webhook from this operator process."""
+    logging.getLogger("kopf.objects").addFilter(_RefusalsAreWarnings())
     api = WebhookApi.from_environment(pool_size=8)
     kopf.on.mutate("v1", "pods", registry=registry, id=HANDLER_ID, operations=["CREATE"])(make_handler(api))
     policy = certs.Policy(cert_validity=options.cert_validity, ca_validity=options.ca_validity)
