@@ -4,7 +4,7 @@
   `.status` through Kopf's patch (one write, only when something changed);
 * events of owned children (a Job finishing, a Deployment becoming ready, a child deleted)
   reconcile the parent right away instead of waiting for the timer;
-* deletion removes the cluster-scoped ClusterRoleBinding (namespaced children go with
+* deletion removes the cluster-scoped ClusterRoleBindings (namespaced children go with
   their ownerReferences).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mlflow_operator import metrics, reconcile
 from mlflow_operator import status as status_mod
 from mlflow_operator.api import CR_API_VERSION, RESOURCES, ApiError, KubeApi
 from mlflow_operator.model import ServerRef
-from mlflow_operator.names import OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, cluster_role_binding_name
+from mlflow_operator.names import OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, cluster_role_binding_names
 from mlflow_operator.settings import Options
 
 CR = ("mlflow-operator.dev/v1alpha1", "mlflowservers")
@@ -66,13 +66,26 @@ def make_memo(api: KubeApi, options: Options) -> kopf.Memo:
 
 def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger) -> dict[str, Any] | None:
     """Reconcile one MLflowServer; the new status, or None when it would not change."""
+    with memo.locks.hold(body["metadata"]["uid"]):
+        outcome = _run(body, memo)
+    return _report(body, outcome, logger)
+
+
+def _run(body: Mapping[str, Any], memo: kopf.Memo) -> reconcile.Outcome:
+    """One reconcile pass; the caller holds the object's lock."""
     uid = body["metadata"]["uid"]
-    with memo.locks.hold(uid), metrics.timed_reconcile():
+    with metrics.timed_reconcile():
         # Handlers, the timer and child events may each hold an older body: the status
         # this process wrote last is the fresher base for transitions (no double Events).
         outcome = reconcile.run(memo.api, body, memo.statuses.get(uid),
                                 memo.options.default_server_image, memo.options.guard_rails)
-        memo.statuses[uid] = outcome.status
+    memo.statuses[uid] = outcome.status
+    return outcome
+
+
+def _report(body: Mapping[str, Any], outcome: reconcile.Outcome, logger: logging.Logger) -> dict[str, Any] | None:
+    """Metrics, Events and a log line for a pass; its status if that changed."""
+    uid = body["metadata"]["uid"]
     degraded = status_mod.condition(outcome.status, status_mod.DEGRADED)
     metrics.record(uid, degraded.get("reason") if degraded.get("status") == "True" else None)
     for type_, reason, message in outcome.events:
@@ -101,15 +114,15 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any
     meta = body["metadata"]
     ref = ServerRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
     binding = RESOURCES[("rbac.authorization.k8s.io/v1", "ClusterRoleBinding")]
-    name = cluster_role_binding_name(ref)
     with memo.locks.hold(ref.uid):
-        live = memo.api.get(binding, None, name)
-        labels = (live or {}).get("metadata", {}).get("labels") or {}
-        # Only ours: a binding with that name but other owner labels is left alone.
-        if live is not None and labels.get(OWNER_NAMESPACE_LABEL) == ref.namespace \
-                and labels.get(OWNER_NAME_LABEL) == ref.name:
-            memo.api.delete(binding, None, name)
-            logger.info("Deleted ClusterRoleBinding/%s", name)
+        for name in cluster_role_binding_names(ref):
+            live = memo.api.get(binding, None, name)
+            labels = (live or {}).get("metadata", {}).get("labels") or {}
+            # Only ours: a binding with that name but other owner labels is left alone.
+            if live is not None and labels.get(OWNER_NAMESPACE_LABEL) == ref.namespace \
+                    and labels.get(OWNER_NAME_LABEL) == ref.name:
+                memo.api.delete(binding, None, name)
+                logger.info("Deleted ClusterRoleBinding/%s", name)
     memo.locks.forget(ref.uid)
     memo.statuses.pop(ref.uid, None)
     metrics.forget(ref.uid)
@@ -158,13 +171,17 @@ def on_child_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo,
 def _reconcile_parent(memo: kopf.Memo, owner: tuple[str, str, str], logger: logging.Logger) -> None:
     namespace, name, uid = owner
     try:
-        parent = memo.api.get(CR_RESOURCE, namespace, name)
-        if parent is None or parent["metadata"].get("uid") != uid \
-                or parent["metadata"].get("deletionTimestamp"):
-            return
-        new = _reconcile(parent, memo, logger)
-        if new is not None:
-            memo.api.patch(CR_RESOURCE, namespace, name, {"status": new}, subresource="status")
+        # Read, reconcile and write under the object's lock: a status computed from this
+        # read can then never land after one a handler computed from a newer spec (e.g. a
+        # refused image's Degraded overwritten by the status of the spec before it).
+        with memo.locks.hold(uid):
+            parent = memo.api.get(CR_RESOURCE, namespace, name)
+            if parent is None or parent["metadata"].get("uid") != uid \
+                    or parent["metadata"].get("deletionTimestamp"):
+                return
+            new = _report(parent, _run(parent, memo), logger)
+            if new is not None:
+                memo.api.patch(CR_RESOURCE, namespace, name, {"status": new}, subresource="status")
     except ApiError as exc:
         # The timer retries; a child event must not turn into a retry storm.
         logger.warning("Reconcile of %s/%s after a child change failed: %s", namespace, name, exc)
