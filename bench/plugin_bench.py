@@ -3,15 +3,18 @@
 Side by side, same settings (1 uvicorn worker, SQLite stores, same endpoint
 `experiments/get` as a non-admin user):
   * unauthenticated MLflow (`mlflow server`)
-  * k8s-auth bearer, warm token cache, MLflow's permission lookups uncached (default)
-  * k8s-auth bearer, warm token cache, `permission_cache_ttl_seconds = 60`
+  * k8s-auth bearer, warm token cache, MLflow's permission lookups uncached
+    (`permission_cache_ttl_seconds = 0`)
+  * k8s-auth bearer, warm token cache, the defaults: permission cache (30 s) and fresh
+    revocation (the auth DB's change counter read every 0.3 s) on
   * MLflow basic-auth (`--app-name basic-auth`, its credential cache on, ttl 120)
 Method: one warm-up second each, then `rounds` rounds of `seconds` per variant; each round
 starts with a different variant (rotation), ratios are taken within a round and the median
 over rounds is printed with its min/max. The servers' own CPU time per request (process tree,
 from /proc) is printed too: it measures the same thing with less noise from other load.
 The client (8 keep-alive threads) runs in this process and shares the machine's cores.
-plus: TokenReviews for 64 concurrent requests with one new token, the in-process cost of a
+plus, in the same run: the revocation latency across that server and a second replica
+(2 workers) on its auth DB (bench.plugin_revocation); TokenReviews for 64 concurrent requests with one new token, the in-process cost of a
 token cache hit and of the plugin's whole warm-cache authentication, TokenReviews caused
 by a flood of unique garbage tokens, and the uncached path against the real API server:
 the plugin's TokenReview call (median/p95, a new token each time, so kube-apiserver's own
@@ -49,6 +52,7 @@ from mlflow_k8s_auth.outcomes import Reviewed
 from mlflow_k8s_auth.precheck import Claims, precheck
 from tests.plugin.conftest import ADMIN_PASSWORD, ADMIN_USER, AUDIENCE, MlflowServer, render_ini
 from bench.plugin_apiserver import JOB_SA, BenchCluster, percentiles_ms, tokenreview_latency_ms
+from bench.plugin_revocation import revocation_latency
 from tests.support.controlplane import ControlPlane
 from tests.support.tokens import mint_alg_none_token, mint_token
 
@@ -224,10 +228,11 @@ def _start_servers(kubeconfig: Path, workdir: Path) -> dict[str, MlflowServer]:
     )
     specs = {
         "plain": _PlainServer(workdir / "plain", "", f"sqlite:///{workdir}/plain.db"),
-        "k8s": MlflowServer(workdir / "k8s", ini("k8s"), f"sqlite:///{workdir}/k8s.db"),
-        "k8s_permcache": MlflowServer(
-            workdir / "k8s_pc", ini("k8s_pc", permission_cache_ttl_seconds=60), f"sqlite:///{workdir}/k8s_pc.db"
-        ),
+        "k8s": MlflowServer(workdir / "k8s", ini("k8s", permission_cache_ttl_seconds=0), f"sqlite:///{workdir}/k8s.db"),
+        "k8s_permcache": MlflowServer(workdir / "k8s_pc", ini("k8s_pc"), f"sqlite:///{workdir}/k8s_pc.db"),
+        # A second replica on the same databases, for the revocation latency (not benchmarked).
+        "k8s_replica": MlflowServer(workdir / "k8s_replica", ini("k8s_pc"), f"sqlite:///{workdir}/k8s_pc.db",
+                                    workers=2),
         "basic": _BasicAuthServer(workdir / "basic", basic_ini + "\n", f"sqlite:///{workdir}/basic.db"),
     }
     started: dict[str, MlflowServer] = {}
@@ -263,6 +268,10 @@ def run(quick: bool = False, plane: ControlPlane | None = None) -> dict[str, Any
                 servers = _start_servers(cluster.server_kubeconfig, workdir)
                 try:
                     result = _measure(cluster, servers, seconds, rounds, flood_count)
+                    result.update(revocation_latency(
+                        servers["k8s_permcache"], servers["k8s_replica"], _basic(ADMIN_USER, ADMIN_PASSWORD),
+                        cluster.job_token(), f"system:serviceaccount:{cluster.namespace}:{JOB_SA}", 3 if quick else 10,
+                    ))
                     result.update(_uncached(cluster, servers["k8s"], latency_count))
                 finally:
                     for server in servers.values():
@@ -360,11 +369,16 @@ def _measure(
         "ratio_k8s_permission_cache_vs_unauthenticated": ratio("k8s_permcache"),
         "ratio_k8s_permission_cache_vs_unauthenticated_min_max": spread("k8s_permcache"),
         "ratio_k8s_permission_cache_vs_unauthenticated_target": ">= 0.9",
+        "fresh_revocation": "on (revocation_check_interval_seconds 0.3)",
         "ratio_basic_vs_unauthenticated": ratio("basic"),
         "ratio_k8s_vs_basic": ratio("k8s", "basic"),
         # Server CPU per request (whole process tree): the same comparison, less sensitive to
         # other load on the machine and to the client's own CPU use.
         **{f"server_cpu_us_per_request_{name}": round(statistics.median(v)) for name, v in cpu_us.items()},
+        # The throughput ratio CPU cost alone predicts (unauthenticated CPU per request over
+        # the permission-cache variant's, median of per-round ratios): steadier under load.
+        "cpu_ratio_k8s_permission_cache_vs_unauthenticated": round(statistics.median(
+            a / b for a, b in zip(cpu_us["plain"], cpu_us["k8s_permcache"], strict=True)), 3),
         "tokenreviews_for_64_concurrent_new_token": burst_reviews,
         "tokenreviews_for_64_concurrent_new_token_target": 1,
         "cache_hit_us": round(costs["cache_hit_us"], 2),

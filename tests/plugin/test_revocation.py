@@ -89,12 +89,18 @@ def _poll(fleet: Fleet, stop: threading.Event, samples: list[Sample], index: int
         replica = n % len(fleet.replicas)
         n += 1
         started = time.monotonic()
-        status = fleet.status(fleet.replicas[replica].url)
+        try:
+            status = fleet.status(fleet.replicas[replica].url)
+        except requests.ConnectionError:  # a replica being restarted
+            time.sleep(0.01)
+            continue
         samples.append(Sample(started, replica, status))
 
 
-def measure(fleet: Fleet, what: str, revoke: Callable[[], None]) -> float:
-    """Seconds from `revoke()` returning until no request on any worker got 200 any more."""
+def measure(fleet: Fleet, what: str, revoke: Callable[[], None],
+            changed_at: Callable[[], float] | None = None) -> float:
+    """Seconds from `revoke()` returning (or `changed_at()`, when the change happened inside
+    a longer call) until no request on any worker got 200 any more."""
     assert fleet.everywhere(200), f"{what}: not allowed everywhere before the revocation"
     samples: list[Sample] = []
     stop = threading.Event()
@@ -104,7 +110,7 @@ def measure(fleet: Fleet, what: str, revoke: Callable[[], None]) -> float:
     try:
         time.sleep(0.3)
         revoke()
-        revoked = time.monotonic()
+        revoked = time.monotonic() if changed_at is None else changed_at()
         time.sleep(WINDOW_SECONDS)
     finally:
         stop.set()
@@ -115,7 +121,7 @@ def measure(fleet: Fleet, what: str, revoke: Callable[[], None]) -> float:
     latency = max(0.0, last_allowed - revoked)
     after = [s for s in samples if s.started > last_allowed]
     per_replica = [sum(1 for s in after if s.replica == i) for i in range(len(fleet.replicas))]
-    print(f"\nrevocation by {what}: denied everywhere {latency * 1000:.0f} ms after the call returned "
+    print(f"\nrevocation by {what}: denied everywhere {latency * 1000:.0f} ms after the change "
           f"({len(samples)} requests, then {per_replica} denials per replica)")
     fleet.latencies[what] = latency
     # Enough denials on each replica that both of its workers answered after the change.
@@ -208,6 +214,45 @@ def test_admin_flag_removed(fleet: Fleet) -> None:
     _as_admin(lambda: client.update_user_admin(fleet.username, True))
     wait_for(lambda: fleet.everywhere(200, rounds=10), timeout=10, what="the admin flag everywhere")
     measure(fleet, "the admin flag cleared", lambda: _as_admin(lambda: client.update_user_admin(fleet.username, False)))
+
+
+def test_config_change_by_a_restart_of_the_other_replica(fleet: Fleet, module_dir: Path) -> None:
+    """A restart with a new `[k8s_auth]` that drops a namespace permission: the restarting
+    replica's config sync deletes the role, and the replica that keeps running (with its
+    token cache warm) stops granting within the second."""
+    base = fleet.replicas[1].ini
+    role = role_name(fleet.namespace)
+
+    def restart(ini: str, name: str) -> None:
+        fleet.replicas[1].stop()
+        assert "Traceback" not in fleet.replicas[1].log()
+        metrics_dir = module_dir / f"metrics-{name}"
+        metrics_dir.mkdir()
+        fleet.replicas[1] = MlflowServer(module_dir / name, ini, fleet.replicas[1].backend_uri, workers=2,
+                                         extra_args=["--expose-prometheus", str(metrics_dir)]).start()
+
+    granting = base.replace("[k8s_auth]\n", f"[k8s_auth]\nnamespace_permissions = {fleet.namespace}:READ\n")
+    restart(granting, "replica-granting")
+    # The restarted replica reviews the token anew and assigns the config's role.
+    assert fleet.status(fleet.replicas[1].url) == 200
+    wait_for(lambda: fleet.everywhere(200, rounds=10), timeout=10, what="the config's grant everywhere")
+    deleted: list[float] = []
+    stop = threading.Event()
+
+    def watch_role() -> None:
+        while not stop.is_set() and not deleted:
+            if fleet.auth_db.query("SELECT count(*) FROM roles WHERE name = %s", (role,)) == [(0,)]:
+                deleted.append(time.monotonic())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch_role)
+    watcher.start()
+    try:
+        measure(fleet, "a restart with a new [k8s_auth]", lambda: restart(base, "replica-revoking"),
+                changed_at=lambda: deleted[0])
+    finally:
+        stop.set()
+        watcher.join()
 
 
 # ---- a deleted ServiceAccount ----
