@@ -34,6 +34,7 @@ from mlflow_operator.inputs import GeneratedSecrets, ServerRef, SpecError, Store
 from mlflow_operator.model_auth import Auth
 from mlflow_operator.model_base import DNS_SUBDOMAIN, PERMISSIONS, SecretKeyRef
 from mlflow_operator.model_base import SpecModel as _Model
+from mlflow_operator.model_workspaces import Workspaces
 
 __all__ = [
     "DEFAULT_IMAGE", "PERMISSIONS", "GeneratedSecrets", "MLflowServerSpec", "ServerRef",
@@ -277,6 +278,7 @@ class MLflowServerSpec(_Model):
     storage: Storage = Field(default_factory=Storage)
     network_policy: NetworkPolicy = Field(default_factory=NetworkPolicy)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    workspaces: Workspaces = Field(default_factory=Workspaces)
     # The operator's default for an unset `image` (not a spec field: see parse_spec).
     _default_image: str = PrivateAttr(default=DEFAULT_IMAGE)
 
@@ -335,6 +337,15 @@ class MLflowServerSpec(_Model):
             raise SpecError("InvalidMonitoring", "monitoring.serviceMonitor.enabled requires"
                             " auth.basicAuth.enabled: true (/metrics is for MLflow admins;"
                             " Prometheus scrapes it with the admin's Basic credentials)")
+        return self
+
+
+    @model_validator(mode="after")
+    def _check_workspaces(self) -> MLflowServerSpec:
+        # RBAC is asked in the namespace of the workspace: no workspaces, no namespace.
+        if self.auth.authorization == "Kubernetes" and not self.workspaces.enabled:
+            raise SpecError("InvalidAuthorization", "auth.authorization Kubernetes requires workspaces.mode"
+                            " Namespaces (RBAC is checked in the namespace of the workspace)")
         return self
 
 

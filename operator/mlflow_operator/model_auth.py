@@ -64,6 +64,9 @@ class AuthDatabase(SpecModel):
 
 DEFAULT_PERMISSION_CACHE_TTL_SECONDS = 30
 TokenValidation = Literal["JWKSAndTokenReview", "TokenReview", "JWKS"]
+# Who answers MLflow's permission checks for ServiceAccounts (the plugin's `authorization`):
+# MLflow's roles and grants, or SubjectAccessReviews (needs workspaces.mode Namespaces).
+Authorization = Literal["MLflow", "Kubernetes"]
 
 
 class Auth(SpecModel):
@@ -92,6 +95,7 @@ class Auth(SpecModel):
     # How the server verifies a token (the plugin's token_validation, see render/config.py):
     # JWKS alone needs no TokenReview, so no system:auth-delegator binding is rendered.
     token_validation: TokenValidation = "JWKSAndTokenReview"
+    authorization: Authorization = "MLflow"
     issuers: list[Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s,]+$"),
                             AfterValidator(_list_value)]] = Field(
         default_factory=list, max_length=16

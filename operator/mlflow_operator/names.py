@@ -112,6 +112,21 @@ def cluster_role_binding_name(ref: ServerRef) -> str:
     return f"mlflow-operator:{ref.namespace}:{ref.name}:auth-delegator"
 
 
+# The chart's ClusterRole for a server with workspaces.mode Namespaces: list/watch
+# namespaces (the workspace provider) and create SubjectAccessReviews (auth.authorization
+# Kubernetes).
+WORKSPACE_SERVER_CLUSTER_ROLE = "mlflow-operator:workspace-server"
+
+
+def workspaces_binding_name(ref: ServerRef) -> str:
+    return f"mlflow-operator:{ref.namespace}:{ref.name}:workspaces"
+
+
+def cluster_role_binding_names(ref: ServerRef) -> tuple[str, ...]:
+    """Every cluster-scoped binding a server may have (cleaned by the finalizer and pruned)."""
+    return cluster_role_binding_name(ref), workspaces_binding_name(ref)
+
+
 def migration_hash(spec: MLflowServerSpec, uris: StoreUris, generated: GeneratedSecrets) -> str:
     """8 hex digits identifying what a migration Job migrates: image and databases.
 

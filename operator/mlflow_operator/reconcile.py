@@ -138,17 +138,23 @@ def _prune_optional(api: KubeApi, ref: ServerRef, objects: list[dict[str, Any]])
 
 
 def _prune_cluster_role_binding(api: KubeApi, ref: ServerRef, objects: list[dict[str, Any]]) -> list[str]:
-    """A binding left from before tokenValidation became JWKS goes, but only ours (its owner
-    labels name this MLflowServer; cluster-scoped, it has no ownerReference)."""
-    if any(o["kind"] == "ClusterRoleBinding" for o in objects):
-        return []
-    name = names.cluster_role_binding_name(ref)
-    live = api.get(CLUSTER_ROLE_BINDING, None, name)
-    labels = (live or {}).get("metadata", {}).get("labels") or {}
-    if live is None or labels.get(names.OWNER_NAMESPACE_LABEL) != ref.namespace \
-            or labels.get(names.OWNER_NAME_LABEL) != ref.name:
-        return []
-    return [f"ClusterRoleBinding/{name}"] if api.delete(CLUSTER_ROLE_BINDING, None, name) else []
+    """A binding the spec no longer asks for goes (the auth-delegator one when
+    tokenValidation became JWKS, the workspaces one when workspaces.mode became None), but
+    only ours (its owner labels name this MLflowServer; cluster-scoped, it has no
+    ownerReference)."""
+    rendered = {o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRoleBinding"}
+    deleted = []
+    for name in names.cluster_role_binding_names(ref):
+        if name in rendered:
+            continue
+        live = api.get(CLUSTER_ROLE_BINDING, None, name)
+        labels = (live or {}).get("metadata", {}).get("labels") or {}
+        if live is None or labels.get(names.OWNER_NAMESPACE_LABEL) != ref.namespace \
+                or labels.get(names.OWNER_NAME_LABEL) != ref.name:
+            continue
+        if api.delete(CLUSTER_ROLE_BINDING, None, name):
+            deleted.append(f"ClusterRoleBinding/{name}")
+    return deleted
 
 
 def _finished_old_jobs(api: KubeApi, ref: ServerRef, current: str) -> list[dict[str, Any]]:

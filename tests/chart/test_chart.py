@@ -156,9 +156,12 @@ def test_object_set_per_mode(rendered: dict) -> None:
     # MutatingWebhookConfiguration and a Role/ClusterRole pair of its own (tests/operator/test_webhook*.py).
     webhook = [("Service", h.NAMESPACE), ("Secret", h.NAMESPACE), ("MutatingWebhookConfiguration", None),
                ("Role", h.NAMESPACE), ("RoleBinding", h.NAMESPACE), ("ClusterRole", None), ("ClusterRoleBinding", None)]
+    # MLflow workspaces (templates/mlflow-roles.yaml): mlflow-operator:workspace-server and
+    # mlflow-operator:view|edit|admin.
+    workspaces = [("ClusterRole", None)] * 4
     assert kinds == sorted([("CustomResourceDefinition", None), ("ServiceAccount", h.NAMESPACE),
                             ("ClusterRole", None), ("ClusterRoleBinding", None),
-                            ("Deployment", h.NAMESPACE), *webhook])
+                            ("Deployment", h.NAMESPACE), *webhook, *workspaces])
     namespaced = [o for o in rendered["namespaced"] if not o["metadata"]["name"].endswith("-webhook")]
     assert sorted(o["metadata"]["namespace"] for o in h.by_kind(namespaced, "Role")) == ["team-a", "team-b"]
     assert sorted(o["metadata"]["namespace"] for o in h.by_kind(namespaced, "RoleBinding")) == ["team-a", "team-b"]

@@ -251,6 +251,8 @@ CACHE_TTL = ("spec.auth.permissionCacheTTLSeconds: Invalid value: auth.permissio
              "not exceed auth.tokenCacheTTLSeconds; lower it too")
 TWICE = ("spec.auth.namespacePermissions: Invalid value: auth.namespacePermissions lists a"
          " namespace twice; give each namespace one permission")
+RBAC_NEEDS_WORKSPACES = ("spec.auth.authorization: Invalid value: auth.authorization Kubernetes requires"
+                         " workspaces.mode Namespaces (RBAC is checked in the namespace of the workspace)")
 
 CEL_CASES = [
     ({}, []),
@@ -275,6 +277,10 @@ CEL_CASES = [
     ({"auth": {"permissionCacheTTLSeconds": 120}}, []),
     ({"auth": {"namespacePermissions": ["a:READ", "b:EDIT", "a:EDIT"]}}, [TWICE]),
     ({"auth": {"namespacePermissions": ["a:READ", "ab:EDIT", "b:READ"]}}, []),
+    ({"auth": {"authorization": "Kubernetes"}}, [RBAC_NEEDS_WORKSPACES]),
+    ({"auth": {"authorization": "Kubernetes"}, "workspaces": {"mode": "None"}}, [RBAC_NEEDS_WORKSPACES]),
+    ({"auth": {"authorization": "Kubernetes"}, "workspaces": {"mode": "Namespaces"}}, []),
+    ({"workspaces": {"mode": "Namespaces", "namespaceSelector": {"matchLabels": {"team": "a"}}}}, []),
 ]
 
 

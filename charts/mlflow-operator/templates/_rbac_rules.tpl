@@ -70,18 +70,20 @@ the calls listed in tests/operator/rbac_record.py.
 
 {{- define "mlflow-operator.clusterRules" -}}
 # One ClusterRoleBinding per MLflowServer binds the server's ServiceAccount to
-# system:auth-delegator, so the server may create TokenReviews. Cluster-scoped objects
+# system:auth-delegator, so the server may create TokenReviews (a second one, with
+# workspaces, to mlflow-operator:workspace-server). Cluster-scoped objects
 # cannot have a namespaced owner, so the operator also deletes it (finalizer).
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["clusterrolebindings"]
   verbs: ["get", "create", "patch", "delete"]
 # Creating that binding needs "bind" on the role it references (Kubernetes' RBAC
-# escalation check). Only this one ClusterRole: the operator cannot grant anything else,
-# and it does not hold TokenReview permissions itself.
+# escalation check). Only this ClusterRole and, for servers with workspaces, the chart's
+# mlflow-operator:workspace-server (templates/mlflow-roles.yaml): the operator cannot grant
+# anything else, and it does not hold TokenReview permissions itself.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["clusterroles"]
   verbs: ["bind"]
-  resourceNames: ["system:auth-delegator"]
+  resourceNames: ["system:auth-delegator", "mlflow-operator:workspace-server"]
 {{- if not .Values.watchNamespaces }}
 # Cluster-wide mode only: Kopf watches CustomResourceDefinitions to notice when the
 # MLflowServer CRD is installed, upgraded or removed while it runs.

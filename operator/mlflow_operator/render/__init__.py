@@ -25,14 +25,18 @@ from mlflow_operator.render.network import (
     render_pdb,
     render_service,
 )
-from mlflow_operator.render.rbac import render_cluster_role_binding, render_service_account
+from mlflow_operator.render.rbac import (
+    render_cluster_role_binding,
+    render_service_account,
+    render_workspaces_binding,
+)
 from mlflow_operator.render.secrets import render_admin_secret, render_secret_key_secret
 from mlflow_operator.render.storage import render_pvc
 
 __all__ = [
     "MIGRATION_HASH_LABEL", "GeneratedSecrets", "Manifest", "Phases", "StoreUris",
     "allowed_hosts", "config_checksum", "render_admin_secret", "render_all",
-    "render_auth_ini", "render_cluster_role_binding", "render_config_secret",
+    "render_auth_ini", "render_cluster_role_binding", "render_config_secret", "render_workspaces_binding",
     "render_deployment", "render_ingress", "render_migration_job", "render_network_policy",
     "render_pdb", "render_pvc", "render_secret_key_secret", "render_service",
     "render_service_account", "render_service_monitor", "server_args", "split_by_phase",
@@ -69,6 +73,7 @@ def render_all(
     objects = [
         render_service_account(ref, spec),
         render_cluster_role_binding(ref, spec),
+        render_workspaces_binding(ref, spec),
         config,
         render_admin_secret(ref, spec, generated),
         render_secret_key_secret(ref, generated),

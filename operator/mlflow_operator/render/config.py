@@ -18,7 +18,7 @@ import configparser
 import io
 
 from mlflow_operator import names
-from mlflow_operator.model import MLflowServerSpec, ServerRef, StoreUris
+from mlflow_operator.model import MLflowServerSpec, ServerRef, SpecError, StoreUris
 from mlflow_operator.render.common import Manifest, metadata
 from mlflow_operator.render.ini_check import check_auth_ini
 
@@ -77,6 +77,13 @@ def render_auth_ini(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris) -> 
     parser["k8s_auth"]["token_validation"] = TOKEN_VALIDATION[auth.token_validation]
     if auth.issuers:  # absent: not checked locally
         parser["k8s_auth"]["issuers"] = ",".join(auth.issuers)
+    # Written only when not the plugin's default, so servers without them render as before.
+    if spec.workspaces.enabled:
+        parser["k8s_auth"]["workspaces"] = "namespaces"
+        if spec.workspaces.namespace_selector is not None and spec.workspaces.namespace_selector.render():
+            parser["k8s_auth"]["workspace_namespace_selector"] = spec.workspaces.namespace_selector.render()
+    if auth.authorization == "Kubernetes":
+        parser["k8s_auth"]["authorization"] = "kubernetes"
     for key, value in list(parser["k8s_auth"].items()):  # the plugin reads it like MLflow does
         parser["k8s_auth"][key] = _mlflow_value(value)
     out = io.StringIO()
@@ -85,8 +92,25 @@ def render_auth_ini(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris) -> 
     return out.getvalue()
 
 
+# Backends whose tracking store keeps workspaces (MLflow's SQLAlchemy stores).
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def check_workspace_backend(spec: MLflowServerSpec, uris: StoreUris) -> None:
+    """Workspaces need a SQL backend store (the artifact root is always rendered: the volume
+    or artifacts.destination). Raises SpecError WorkspacesNeedSQLBackend."""
+    if not spec.workspaces.enabled:
+        return
+    uri = backend_store_uri(spec, uris)
+    scheme = uri.partition(":")[0].partition("+")[0].lower() if ":" in uri else ""
+    if scheme not in SQL_SCHEMES:
+        raise SpecError("WorkspacesNeedSQLBackend", f"workspaces.mode Namespaces needs a SQL backend store"
+                        f" ({', '.join(SQL_SCHEMES)}); backendStore.uriSecretRef holds a {scheme or 'schemeless'} URI")
+
+
 def config_data(ref: ServerRef, spec: MLflowServerSpec, uris: StoreUris) -> dict[str, str]:
     """Raises SpecError (InvalidSpec, naming the field) for an ini the plugin would refuse."""
+    check_workspace_backend(spec, uris)
     ini = render_auth_ini(ref, spec, uris)
     check_auth_ini(ini, spec, uris)
     return {

@@ -39,6 +39,10 @@ def _artifact_args(spec: MLflowServerSpec) -> list[str]:
     return ["--serve-artifacts", "--artifacts-destination", destination]
 
 
+# The plugin's workspace provider (entry point `mlflow.workspace_provider`, k8s-namespaces).
+WORKSPACE_STORE_URI = "k8s-namespaces://"
+
+
 def server_args(ref: ServerRef, spec: MLflowServerSpec) -> list[str]:
     """The store URI is not here: it comes from the config Secret as MLFLOW_BACKEND_STORE_URI."""
     args = [
@@ -54,6 +58,8 @@ def server_args(ref: ServerRef, spec: MLflowServerSpec) -> list[str]:
         args += ["--static-prefix", spec.server.static_prefix]
     if spec.server.expose_metrics:
         args += ["--expose-prometheus", METRICS_DIR]
+    if spec.workspaces.enabled:  # the plugin's read-only provider: workspaces are namespaces
+        args += ["--enable-workspaces", "--workspace-store-uri", WORKSPACE_STORE_URI]
     return args + list(spec.server.extra_args)
 
 

@@ -60,3 +60,19 @@ def render_cluster_role_binding(ref: ServerRef, spec: MLflowServerSpec | None = 
             }
         ],
     }
+
+
+def render_workspaces_binding(ref: ServerRef, spec: MLflowServerSpec) -> Manifest | None:
+    """With workspaces.mode Namespaces: the server's ServiceAccount bound to the chart's
+    ClusterRole mlflow-operator:workspace-server (list/watch namespaces, create
+    SubjectAccessReviews). Cluster-scoped like the binding above. None: not needed."""
+    if not spec.workspaces.enabled:
+        return None
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": names.workspaces_binding_name(ref), "labels": names.owner_labels(ref)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": names.WORKSPACE_SERVER_CLUSTER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": names.service_account_name(ref), "namespace": ref.namespace}],
+    }
