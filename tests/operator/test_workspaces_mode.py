@@ -167,3 +167,16 @@ def test_a_non_sql_backend_is_degraded(stack: Stack) -> None:
     condition = wait_for(degraded, timeout=60, what="the Degraded condition")
     assert condition["reason"] == "WorkspacesNeedSQLBackend"
     assert "SQL backend store" in condition["message"] and "file:///" not in condition["message"]
+
+
+def test_the_multi_team_example_passes_the_api_server_and_the_model(admin: Kube, crd: dict, namespace: str) -> None:
+    import yaml
+
+    documents = list(yaml.safe_load_all((Path(__file__).parents[2] / "examples" / "multi-team.yaml").read_text()))
+    servers = [d for d in documents if d["kind"] == "MLflowServer"]
+    assert len(servers) == 1 and {d["kind"] for d in documents} == {"Namespace", "MLflowServer", "RoleBinding"}
+    spec = parse_spec(servers[0]["spec"])
+    assert spec.workspaces.enabled and spec.auth.authorization == "Kubernetes"
+    body = {**servers[0], "metadata": {"name": "mlflow", "namespace": namespace}}
+    created = admin.create(CR, body, namespace)
+    assert created["spec"]["workspaces"]["namespaceSelector"]["matchLabels"] == {"mlflow-operator.dev/workspace": "enabled"}
