@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -141,3 +142,34 @@ def test_migration_error(tmp_path: Path, fresh_databases: Callable[[], Postgres]
     password = "Pw1%40Qx2%3AZz3%2FYy4"
     result = run_server(tmp_path, f"postgresql://{USER}:{password}@{HOST}:{PORT}/{db.name}")
     assert_one_clean_line(result, password, "")
+
+
+def test_worker_losing_the_auth_database(tmp_path: Path) -> None:
+    """The database answered the `mlflow server` command but is gone when a worker opens it
+    (`_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED` set, as the command sets it for its workers): MLflow's
+    retry warnings in the worker are redacted too."""
+    password = "Pw1@Qx2/Zz3#Yy4?Ww5"
+    uri = f"postgresql://{USER}:{password}@{HOST}:{closed_port()}/auth"
+    kubeconfig = tmp_path / "kc"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    (tmp_path / "auth.ini").write_text(render_ini(uri, kubeconfig))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KUBECONFIG"))}
+    env.update({"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "k",
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED": "true"})
+    log = tmp_path / "server.log"
+    command = [sys.executable, "-m", "mlflow", "server", "--app-name", "k8s-auth", "--port", str(free_port()),
+               "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--workers", "1"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while log.read_text(errors="replace").count("SQLAlchemy engine could not be created") < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker sleeps between retries: no clean stop
+        proc.wait(30)
+    text = log.read_text(errors="replace")
+    assert "failed to resolve host '***'" in text  # the driver's error, its password piece masked
+    assert_no_piece(text, password)
