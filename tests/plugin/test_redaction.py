@@ -89,7 +89,16 @@ def run_server(workdir: Path, auth_uri: str, timeout: float = 330) -> subprocess
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     command = [sys.executable, "-m", "mlflow", "server", "--app-name", "k8s-auth", "--port", str(free_port()),
                "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db", "--workers", "1"]
-    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    # Its own session: a server that unexpectedly starts is killed with its uvicorn workers.
+    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the server did not stop within {timeout} s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def assert_one_clean_line(result: subprocess.CompletedProcess[str], password: str, expected: str) -> str:
