@@ -5,7 +5,9 @@ fresh PostgreSQL databases, against the real API server, with the real MLflow cl
 One server for the module (one worker, so SubjectAccessReview counts are exact). Its own
 ServiceAccount may create TokenReviews and SubjectAccessReviews (system:auth-delegator)
 and list/watch namespaces; both go through the fault proxy that counts them. The teams'
-rights are real RoleBindings to a ClusterRole on API group `mlflow.kubeflow.org`.
+rights are real RoleBindings to Kubernetes' own `view` and `edit`, into which
+kube-controller-manager aggregates the chart's ClusterRoles on API group
+`mlflow.kubeflow.org` (`kubectl create rolebinding --clusterrole=view`, as the README says).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tests.conftest import unique_namespace
 from tests.plugin.cluster import PluginCluster, wait_for
 from tests.plugin.conftest import ADMIN_PASSWORD, ADMIN_USER, MlflowServer, Postgres, render_ini
 from tests.plugin.test_server import basic, bearer
+from tests.support.kubectl import Kubectl
 
 SARS = r"/apis/authorization.k8s.io/v1/subjectaccessreviews$"
 CLUSTER_ROLES = "rbac.authorization.k8s.io/v1/clusterroles"
@@ -49,6 +52,7 @@ class Env:
     label: tuple[str, str]
     roles: dict[str, str]  # view | edit -> ClusterRole name
     artifacts: Path
+    kubectl: Kubectl
 
     def token(self, team: str, name: str) -> str:
         return self.cluster.token(self.ns[team], name)
@@ -69,23 +73,37 @@ class Env:
         return self.cluster.proxy.count("POST", SARS)
 
 
-def _cluster_objects(cluster: PluginCluster, server_ns: str, prefix: str) -> dict[str, str]:
+def _chart_roles(cluster: PluginCluster, prefix: str, tmp_path: Path) -> list[str]:
+    """The chart's <fullname>:view|edit|admin ClusterRoles (templates/mlflow-roles.yaml), created
+    as `helm install` would, then aggregated by kube-controller-manager into Kubernetes' own
+    view/edit/admin: the teams are bound to those, as the README tells."""
+    from tests.chart import helm as h
+
+    roles = [o for o in h.template(tmp_path, None, namespace=prefix, release=prefix)
+             if o["kind"] == "ClusterRole" and any(k.startswith("rbac.authorization.k8s.io/aggregate-to-")
+                                                   for k in o["metadata"].get("labels", {}))]
+    assert sorted(o["metadata"]["name"].rpartition(":")[2] for o in roles) == ["admin", "edit", "view"]
+    for role in roles:
+        cluster.admin.create(CLUSTER_ROLES, role)
+
+    def aggregated(name: str) -> bool:
+        rules = (cluster.admin.get(CLUSTER_ROLES, None, name) or {}).get("rules") or []
+        return any(GROUP in rule.get("apiGroups", []) for rule in rules)
+
+    wait_for(lambda: all(aggregated(r) for r in ("view", "edit", "admin")), timeout=60,
+             what="Kubernetes' view/edit/admin to aggregate the MLflow rules")
+    return [o["metadata"]["name"] for o in roles]
+
+
+def _server_rbac(cluster: PluginCluster, server_ns: str, prefix: str) -> None:
+    """What the server's ServiceAccount needs for the workspace provider, and nothing more."""
     admin = cluster.admin
-    roles = {
-        "view": (f"{prefix}-mlflow-view", ["get", "list"]),
-        "edit": (f"{prefix}-mlflow-edit", ["get", "list", "create", "update", "delete"]),
-    }
-    for name, verbs in roles.values():
-        admin.create(CLUSTER_ROLES, {"metadata": {"name": name},
-                                     "rules": [{"apiGroups": [GROUP], "resources": RESOURCES, "verbs": verbs}]})
-    # What the server's ServiceAccount needs for the workspace provider, and nothing more.
     admin.create(CLUSTER_ROLES, {"metadata": {"name": f"{prefix}-namespaces"},
                                  "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]})
     admin.create(CLUSTER_ROLE_BINDINGS, {
         "metadata": {"name": f"{prefix}-namespaces"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{prefix}-namespaces"},
         "subjects": [{"kind": "ServiceAccount", "name": "mlflow-server", "namespace": server_ns}]})
-    return {key: name for key, (name, _) in roles.items()}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +113,9 @@ def env(cluster: PluginCluster, module_dir: Path, fresh_databases: Callable[[], 
     ns = {team: cluster.namespace(team) for team in ("team-a", "team-b", "server")}
     for team in ("team-a", "team-b"):
         cluster.admin.patch("v1/namespaces", None, ns[team], {"metadata": {"labels": {label[0]: label[1]}}})
-    roles = _cluster_objects(cluster, ns["server"], prefix)
+    chart_roles = _chart_roles(cluster, prefix, module_dir)
+    _server_rbac(cluster, ns["server"], prefix)
+    roles = {"view": "view", "edit": "edit"}  # Kubernetes' own, with the chart's MLflow rules
     kubeconfig = cluster.server_kubeconfig(module_dir / "kubeconfig", ns["server"])
     ini = render_ini(
         fresh_databases().uri, kubeconfig, issuers=cluster.plane.issuer,
@@ -105,14 +125,15 @@ def env(cluster: PluginCluster, module_dir: Path, fresh_databases: Callable[[], 
     )
     server = MlflowServer(module_dir, ini, fresh_databases().uri,
                           extra_args=["--enable-workspaces", "--workspace-store-uri", "k8s-namespaces://"]).start()
-    state = Env(cluster, server, ns, label, roles, module_dir / "artifacts")
+    state = Env(cluster, server, ns, label, roles, module_dir / "artifacts",
+                Kubectl(cluster.plane.kubeconfig, module_dir))
     for team in ("team-a", "team-b"):
         state.bind(team, "edit", team, "trainer")
     try:
         yield state
     finally:
         server.stop()
-        for name in (*roles.values(), f"{prefix}-namespaces"):
+        for name in (*chart_roles, f"{prefix}-namespaces"):
             cluster.admin.delete(CLUSTER_ROLES, None, name)
         cluster.admin.delete(CLUSTER_ROLE_BINDINGS, None, f"{prefix}-namespaces")
     log = server.log()
@@ -226,7 +247,9 @@ def test_rolebinding_lets_team_b_read_not_write_until_deleted(env: Env, team_a_r
     token = env.token("team-b", "reader")
     experiment_id = team_a_run["experiment_id"]
     assert not _reader_can_read(env, token, experiment_id)
-    binding = env.bind("team-a", "view", "team-b", "reader")
+    binding = "team-b-reads"
+    env.kubectl("-n", env.ns["team-a"], "create", "rolebinding", binding, "--clusterrole=view",
+                f"--serviceaccount={env.ns['team-b']}:reader")
     started = time.monotonic()
     wait_for(lambda: _reader_can_read(env, token, experiment_id), timeout=TTL_SECONDS + 10,
              what="the new RoleBinding to let team-b's reader read")
@@ -239,7 +262,7 @@ def test_rolebinding_lets_team_b_read_not_write_until_deleted(env: Env, team_a_r
                              headers={**bearer(token), "X-MLFLOW-WORKSPACE": env.ns["team-a"]},
                              json={"max_results": 100}, timeout=30)
     assert experiment_id in {e["experiment_id"] for e in searched.json()["experiments"]}
-    env.cluster.admin.delete(ROLE_BINDINGS, env.ns["team-a"], binding)
+    env.kubectl("-n", env.ns["team-a"], "delete", "rolebinding", binding)
     started = time.monotonic()
     wait_for(lambda: not _reader_can_read(env, token, experiment_id), timeout=TTL_SECONDS + 10, interval=0.2,
              what="the deleted RoleBinding to stop granting")
