@@ -57,6 +57,8 @@ MANAGED_FLAGS: frozenset[str] = frozenset({
     "--artifacts-destination", "--serve-artifacts", "--no-serve-artifacts",
     "--allowed-hosts", "--expose-prometheus", "--dev", "--gunicorn-opts",
     "--waitress-opts", "--artifacts-only", "--disable-security-middleware", "--static-prefix",
+    # spec.workspaces.mode decides these.
+    "--enable-workspaces", "--disable-workspaces", "--workspace-store-uri",
 })
 MANAGED_ENV: frozenset[str] = frozenset({
     "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_FLASK_SERVER_SECRET_KEY",
@@ -68,6 +70,7 @@ MANAGED_ENV: frozenset[str] = frozenset({
     "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE", "MLFLOW_STATIC_PREFIX",
     "MLFLOW_AUTH_DATABASE_URI",  # the migration Job's variable
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS",
+    "MLFLOW_ENABLE_WORKSPACES", "MLFLOW_WORKSPACE_STORE_URI",  # spec.workspaces.mode
 })
 
 

@@ -180,3 +180,14 @@ def test_the_multi_team_example_passes_the_api_server_and_the_model(admin: Kube,
     body = {**servers[0], "metadata": {"name": "mlflow", "namespace": namespace}}
     created = admin.create(CR, body, namespace)
     assert created["spec"]["workspaces"]["namespaceSelector"]["matchLabels"] == {"mlflow-operator.dev/workspace": "enabled"}
+
+
+@pytest.mark.parametrize(("server", "reason"), [
+    ({"extraArgs": ["--enable-workspaces"]}, "ConflictingServerArgs"),
+    ({"extraArgs": ["--workspace-store-uri=sqlite:///w.db"]}, "ConflictingServerArgs"),
+    ({"extraEnv": [{"name": "MLFLOW_ENABLE_WORKSPACES", "value": "true"}]}, "ConflictingServerEnv"),
+])
+def test_workspace_flags_belong_to_the_spec(server: dict[str, Any], reason: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"server": server})
+    assert caught.value.reason == reason
