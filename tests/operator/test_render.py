@@ -48,9 +48,17 @@ def _example(name: str) -> tuple[ServerRef, dict[str, Any]]:
     return ServerRef(meta["name"], meta["namespace"], f"uid-{meta['name']}"), body["spec"]
 
 
+def _example_server(name: str) -> tuple[ServerRef, dict[str, Any]]:
+    """The MLflowServer of a multi-document example."""
+    (body,) = [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d["kind"] == "MLflowServer"]
+    meta = body["metadata"]
+    return ServerRef(meta["name"], meta["namespace"], f"uid-{meta['name']}"), body["spec"]
+
+
 CASES: dict[str, Case] = {
     "minimal": Case(*_example("minimal.yaml")),
     "production": Case(*_example("production.yaml"), uris=PROD_URIS),
+    "multi-team": Case(*_example_server("multi-team.yaml"), uris=PROD_URIS),
     "basic-auth-off": Case(
         ServerRef("tokens-only", "shared", "uid-tokens-only"),
         {
