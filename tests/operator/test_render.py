@@ -58,7 +58,7 @@ def _example_server(name: str) -> tuple[ServerRef, dict[str, Any]]:
 CASES: dict[str, Case] = {
     "minimal": Case(*_example("minimal.yaml")),
     "production": Case(*_example("production.yaml"), uris=PROD_URIS),
-    "multi-team": Case(*_example_server("multi-team.yaml"), uris=PROD_URIS),
+    "multi-team": Case(*_example_server("multi-team.yaml"), uris=StoreUris(backend_store=PROD_URIS.backend_store)),
     "basic-auth-off": Case(
         ServerRef("tokens-only", "shared", "uid-tokens-only"),
         {
