@@ -62,7 +62,6 @@ TABLE = sa.Table(
 )
 _SELECT = sa.select(TABLE.c.version).where(TABLE.c.id == _ROW_ID)
 _BUMP = sa.update(TABLE).where(TABLE.c.id == _ROW_ID).values(version=TABLE.c.version + 1)
-DEFAULT_INTERVAL_SECONDS = 0.3
 
 
 def ensure_schema(engine: sa.Engine) -> None:

@@ -139,7 +139,8 @@ def fleet(cluster: PluginCluster, module_dir: Path, fresh_databases: Callable[[]
     auth_db, tracking_db = fresh_databases(), fresh_databases()
     jobs = cluster.namespace("revoke")
     kubeconfig = cluster.server_kubeconfig(module_dir / "kubeconfig", cluster.namespace("revoke-server"))
-    ini = render_ini(auth_db.uri, kubeconfig).replace("default_permission = READ", "default_permission = NO_PERMISSIONS")
+    ini = render_ini(auth_db.uri, kubeconfig).replace("default_permission = READ",
+                                                      "default_permission = NO_PERMISSIONS")
     replicas: list[MlflowServer] = []
     try:
         for i in range(2):  # one after the other: the first creates the schemas
@@ -191,7 +192,8 @@ def test_k8s_auth_client_namespace_permission_on_replica_2(fleet: Fleet) -> None
     client = _admin(fleet.replicas[1].url)
     _as_admin(lambda: client.set_namespace_permission(fleet.namespace, "READ"))
     wait_for(lambda: fleet.everywhere(200, rounds=10), timeout=10, what="the namespace grant everywhere")
-    measure(fleet, "the k8s-auth client", lambda: _as_admin(lambda: client.remove_namespace_permission(fleet.namespace)))
+    measure(fleet, "the k8s-auth client",
+            lambda: _as_admin(lambda: client.remove_namespace_permission(fleet.namespace)))
     assert fleet.auth_db.query("SELECT count(*) FROM roles WHERE name = %s", (role_name(fleet.namespace),)) == [(0,)]
 
 
