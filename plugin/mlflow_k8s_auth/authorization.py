@@ -16,8 +16,12 @@ reads grants.
 
 A caller is a ServiceAccount only when our `authenticate_request` accepted a bearer token
 for it in this request (Basic auth with a `system:serviceaccount:` name is refused there),
-and only when the store is asked about that caller's own user id. Its MLflow grants in the
-database are then not consulted at all: what RBAC says is all it gets.
+and only when the store is asked about that caller's own user id. On MLflow's
+FastAPI-native routes (OTLP traces, gateway, jobs) MLflow checks permissions outside any
+Flask request, after authenticating the request: there the ServiceAccount is the one the
+bearer token names (caller_workspace.BEARER_CLAIMS), again only for that user's own id.
+Its MLflow grants in the database are then not consulted at all: what RBAC says is all it
+gets.
 
 What is asked (SubjectAccessReview, API group `mlflow.kubeflow.org`, namespace = the
 workspace; the resources and verbs of the Kubeflow MLflow plugin, so Roles written for it
@@ -37,7 +41,9 @@ work unchanged):
 - MLflow's workspace-admin level (role management) is never granted through RBAC.
 
 Answers are cached (`sar.AccessReviewer`); when the API server cannot answer, the request
-gets 503 + Retry-After (Flask error handler below), never a guess.
+gets 503 + Retry-After (MLflow turns the TEMPORARILY_UNAVAILABLE exception into a 503,
+the Flask error handler below covers the paths where it does not, and
+caller_workspace adds Retry-After to every 503), never a guess.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from typing import Any
 from flask import g, has_request_context, request
 
 from . import responses
-from .caller_workspace import token_payload
+from .caller_workspace import BEARER_CLAIMS, token_payload
 from .sar import AccessReviewer, AuthorizationUnavailable, Subject
 
 _logger = logging.getLogger(__name__)
@@ -125,9 +131,19 @@ def _token_uid(header: str) -> str | None:
 
 
 def current_subject() -> Subject | None:
-    """The ServiceAccount this request authenticated as with a bearer token, else None."""
+    """The ServiceAccount this request authenticated as with a bearer token, else None.
+
+    In a Flask request: what our `authenticate_request` accepted. On MLflow's FastAPI-native
+    routes (OTLP traces, gateway, jobs), whose permission checks run outside Flask: the
+    ServiceAccount the request's bearer token names (`caller_workspace.BEARER_CLAIMS`);
+    MLflow authenticated that token before it checks permissions, and the grant reads are
+    only answered for that user's own id (`_is_own_user`)."""
     if not has_request_context():
-        return None
+        claims = BEARER_CLAIMS.get()
+        if claims is None:
+            return None
+        namespace, _, name = claims[0][len(_SA_PREFIX):].partition(":")
+        return Subject.service_account(namespace, name, claims[1])
     memo = g.get(_SUBJECT)
     if memo is not None:
         return memo or None
@@ -147,6 +163,11 @@ def current_subject() -> Subject | None:
 
 
 def _is_own_user(store: Any, subject: Subject, user_id: int) -> bool:
+    if not has_request_context():
+        try:
+            return store.get_user(subject.username).id == user_id
+        except Exception:  # noqa: BLE001 - no such MLflow user: not this caller
+            return False
     key = f"{_SUBJECT}_id"
     user_id_of_subject = g.get(key)
     if user_id_of_subject is None:
@@ -167,7 +188,8 @@ def install(store: Any, permissions: KubernetesPermissions, workspace_names: Cal
         subject = current_subject()
         if subject is None or not _is_own_user(store, subject, user_id):
             return list_grants(user_id, workspace, resource_types)
-        return permissions.grants(subject, workspace, resource_types, request.path)
+        return permissions.grants(subject, workspace, resource_types,
+                                  request.path if has_request_context() else "")
 
     @functools.wraps(list_accessible)
     def rbac_list_accessible(username: str | None) -> Any:

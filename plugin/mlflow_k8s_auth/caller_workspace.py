@@ -1,7 +1,9 @@
 """A ServiceAccount caller without `X-MLFLOW-WORKSPACE` works in its own namespace's workspace.
 
 A pure ASGI middleware placed outermost, before MLflow's workspace middleware reads the
-header: for a request with no `X-MLFLOW-WORKSPACE` and a bearer token that names a
+header. It also keeps the bearer token's claimed ServiceAccount in a context variable for
+the request (`BEARER_CLAIMS`), which authorization.py uses on FastAPI-native routes, where
+MLflow checks permissions outside any Flask request. For the workspace: for a request with no `X-MLFLOW-WORKSPACE` and a bearer token that names a
 ServiceAccount namespace (the `kubernetes.io.namespace` claim) which is a workspace
 right now, it adds the header with that namespace. Nothing else changes: the token is
 still verified by `authenticate_request`, so a forged one gets its 401 as before, and
@@ -17,14 +19,20 @@ import base64
 import binascii
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import anyio.to_thread
+
+from .responses import RETRY_AFTER_SECONDS
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 HEADER = b"x-mlflow-workspace"
 _MAX_TOKEN = 16 * 1024
+# The bearer token's claimed ServiceAccount user name and uid, for this request (unverified
+# here; authorization.py only uses it after authentication accepted that very user).
+BEARER_CLAIMS: ContextVar[tuple[str, str | None] | None] = ContextVar("mlflow_k8s_auth_bearer_claims", default=None)
 
 
 def token_payload(authorization: bytes) -> dict[str, Any] | None:
@@ -49,6 +57,30 @@ def token_namespace(authorization: bytes) -> str | None:
     return namespace if isinstance(namespace, str) and namespace.isascii() else None
 
 
+def _with_retry_after(send: Any) -> Any:
+    """Every 503 carries Retry-After: MLflow turns a failed permission check (the API server
+    not answering a SubjectAccessReview) into a 503 of its own without one."""
+
+    async def sending(message: MutableMapping[str, Any]) -> None:
+        if message.get("type") == "http.response.start" and message.get("status") == 503:
+            headers = list(message.get("headers") or [])
+            if not any(name.lower() == b"retry-after" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"retry-after", str(RETRY_AFTER_SECONDS).encode())]}
+        await send(message)
+
+    return sending
+
+
+def _claims(payload: dict[str, Any] | None) -> tuple[str, str | None] | None:
+    subject = (payload or {}).get("sub")
+    if not isinstance(subject, str) or not subject.startswith("system:serviceaccount:"):
+        return None
+    claims = (payload or {}).get("kubernetes.io")
+    account = claims.get("serviceaccount") if isinstance(claims, dict) else None
+    uid = account.get("uid") if isinstance(account, dict) else None
+    return subject, uid if isinstance(uid, str) else None
+
+
 class Workspaces(Protocol):
     def has(self, name: str) -> bool: ...  # without waiting
     def synced(self) -> bool: ...
@@ -61,16 +93,22 @@ class CallerWorkspace:
         self._workspaces = workspaces
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        claims = None
         if scope.get("type") == "http":
             headers = scope.get("headers") or []
-            names = {name.lower() for name, _ in headers}
-            if HEADER not in names and b"authorization" in names:
-                authorization = next(value for name, value in headers if name.lower() == b"authorization")
-                namespace = token_namespace(authorization)
-                if namespace and await self._is_workspace(namespace):
-                    scope = dict(scope)
-                    scope["headers"] = [*headers, (HEADER, namespace.encode())]
-        await self.app(scope, receive, send)
+            authorization = next((value for name, value in headers if name.lower() == b"authorization"), None)
+            payload = token_payload(authorization) if authorization is not None else None
+            claims = _claims(payload)
+            namespace = token_namespace(authorization) if payload is not None else None
+            if namespace and not any(name.lower() == HEADER for name, _ in headers) \
+                    and await self._is_workspace(namespace):
+                scope = dict(scope)
+                scope["headers"] = [*headers, (HEADER, namespace.encode())]
+        reset = BEARER_CLAIMS.set(claims)
+        try:
+            await self.app(scope, receive, _with_retry_after(send))
+        finally:
+            BEARER_CLAIMS.reset(reset)
 
     async def _is_workspace(self, namespace: str) -> bool:
         if not self._workspaces.synced():  # only right after start: wait off the event loop

@@ -25,6 +25,8 @@ import urllib3
 from cachetools import TTLCache
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException, OpenApiException
+from mlflow.exceptions import MlflowException
+from mlflow.protos import databricks_pb2
 from prometheus_client import Counter
 
 API_GROUP = "mlflow.kubeflow.org"
@@ -55,11 +57,15 @@ class Subject:
         )
 
 
-class AuthorizationUnavailable(Exception):
-    """The API server gave no usable answer; the caller answers 503 + Retry-After."""
+class AuthorizationUnavailable(MlflowException):
+    """The API server gave no usable answer; the caller answers 503 + Retry-After.
+
+    An MlflowException (TEMPORARILY_UNAVAILABLE), so MLflow's FastAPI permission middleware,
+    which turns those into responses, answers 503 too."""
 
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(f"cannot check Kubernetes permissions right now ({reason})")
+        super().__init__("cannot check Kubernetes permissions right now, retry shortly",
+                         databricks_pb2.TEMPORARILY_UNAVAILABLE)
         self.reason = reason
         self.retry_after = retry_after
 

@@ -384,3 +384,22 @@ def test_humans_keep_mlflows_own_permissions(env: Env, team_a_run: dict[str, str
     auth.assign_role(user, role.id)
     assert can_read() == 200
     assert env.sars() == before
+
+
+def test_fastapi_native_routes_are_authorized_by_rbac_too(env: Env, team_a_run: dict[str, str]) -> None:
+    """OTLP trace ingestion is checked by MLflow's FastAPI middleware, outside Flask: RBAC
+    still decides for ServiceAccounts. `tracer` has edit rights in team-a by RBAC and no
+    MLflow grant at all; team-b's trainer has edit rights in team-b only."""
+    env.bind("team-a", "edit", "team-a", "tracer")
+
+    def ingest(team: str, name: str) -> requests.Response:
+        return requests.post(env.server.url + "/v1/traces", data=b"",
+                             headers={**bearer(env.token(team, name)), "Content-Type": "application/x-protobuf",
+                                      "X-MLFLOW-WORKSPACE": env.ns["team-a"],
+                                      "x-mlflow-experiment-id": team_a_run["experiment_id"]}, timeout=30)
+
+    denied = ingest("team-b", "trainer")
+    assert denied.status_code == 403, denied.text
+    (allowed,) = wait_for(lambda: (r := ingest("team-a", "tracer")).status_code != 403 and (r,),
+                          timeout=TTL_SECONDS + 10, what="the tracer's RoleBinding to be seen")
+    assert allowed.status_code == 400, allowed.text  # past the permission check: an empty OTLP body
