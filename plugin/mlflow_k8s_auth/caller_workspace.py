@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 
+from .credentials import GATEWAY_AUTH_HEADER, is_gateway_route
 from .responses import RETRY_AFTER_SECONDS
 
 Scope = MutableMapping[str, Any]
@@ -55,6 +56,19 @@ def token_namespace(authorization: bytes) -> str | None:
     claims = (token_payload(authorization) or {}).get("kubernetes.io")
     namespace = claims.get("namespace") if isinstance(claims, dict) else None
     return namespace if isinstance(namespace, str) and namespace.isascii() else None
+
+
+def _credentials_header(headers: list[tuple[bytes, bytes]], path: str) -> bytes | None:
+    """The header authenticate_request reads (credentials.py): on /gateway/ routes
+    X-MLflow-Authorization when set, else Authorization."""
+    def value(wanted: bytes) -> bytes | None:
+        return next((v for name, v in headers if name.lower() == wanted), None)
+
+    if is_gateway_route(path):
+        gateway = value(GATEWAY_AUTH_HEADER.lower().encode())
+        if gateway:
+            return gateway
+    return value(b"authorization")
 
 
 def _with_retry_after(send: Any) -> Any:
@@ -96,7 +110,7 @@ class CallerWorkspace:
         claims = None
         if scope.get("type") == "http":
             headers = scope.get("headers") or []
-            authorization = next((value for name, value in headers if name.lower() == b"authorization"), None)
+            authorization = _credentials_header(headers, scope.get("path") or "")
             payload = token_payload(authorization) if authorization is not None else None
             claims = _claims(payload)
             namespace = token_namespace(authorization) if payload is not None else None
