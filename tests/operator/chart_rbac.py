@@ -54,11 +54,31 @@ def render(release: str, namespace: str, watch: list[str], webhook: bool = False
     return [doc for doc in yaml.safe_load_all(out) if doc and doc.get("kind") in RBAC_KINDS]
 
 
+def _service_account(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "ServiceAccount")
+
+
+def operator_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The (Cluster)Roles the operator's own ServiceAccount is bound to, by the name in
+    the bindings' roleRef. The chart renders other ClusterRoles too (the servers'
+    `mlflow-operator:workspace-server`, the aggregated view/edit/admin): the operator
+    holds none of them, so they are no part of its identity."""
+    account = _service_account(objects)["metadata"]
+    bound: set[tuple[str, str]] = set()
+    for obj in objects:
+        if obj["kind"] in ("ClusterRoleBinding", "RoleBinding") and any(
+                s.get("kind") == "ServiceAccount" and s.get("name") == account["name"]
+                and s.get("namespace") == account.get("namespace") for s in obj.get("subjects") or []):
+            bound.add((obj["roleRef"]["kind"], obj["roleRef"]["name"]))
+    return [o for o in objects if (o["kind"], o["metadata"]["name"]) in bound]
+
+
 @dataclass(frozen=True)
 class RuleRef:
-    """One rule of a rendered (Cluster)Role: which object, which index, what it grants."""
+    """One rule of the operator's own roles: the role's kind and what it grants. The rule
+    is found again by its content, so a chart that reorders its rules or renders more
+    roles does not change what a case drops."""
     kind: str
-    index: int
     rule: dict[str, Any]
 
     @property
@@ -68,21 +88,28 @@ class RuleRef:
 
 
 def rules(objects: list[dict[str, Any]]) -> list[RuleRef]:
-    """Every rule of the rendered roles; a Role repeated per namespace is listed once."""
-    found: dict[tuple[str, int], RuleRef] = {}
-    for obj in objects:
+    """Every rule of the operator's own roles; a Role repeated per namespace is listed once."""
+    found: list[RuleRef] = []
+    for obj in operator_roles(objects):
         if obj["kind"] in ("ClusterRole", "Role"):
-            for i, rule in enumerate(obj.get("rules") or []):
-                found.setdefault((obj["kind"], i), RuleRef(obj["kind"], i, rule))
-    return list(found.values())
+            for rule in obj.get("rules") or []:
+                ref = RuleRef(obj["kind"], rule)
+                if ref not in found:
+                    found.append(ref)
+    return found
 
 
 def without(objects: list[dict[str, Any]], dropped: RuleRef) -> list[dict[str, Any]]:
-    """The same objects with one rule removed (from every Role of that kind)."""
+    """The same objects with one rule removed from each of the operator's roles of that
+    kind (a Role repeated per namespace loses it in every namespace)."""
     out = copy.deepcopy(objects)
-    for obj in out:
-        if obj["kind"] == dropped.kind:
-            del obj["rules"][dropped.index]
+    removed = 0
+    for obj in operator_roles(out):
+        if obj["kind"] == dropped.kind and dropped.rule in (obj.get("rules") or []):
+            obj["rules"].remove(dropped.rule)
+            removed += 1
+    if not removed:
+        raise AssertionError(f"no role of the operator grants {dropped.label}")
     return out
 
 
@@ -96,7 +123,7 @@ class OperatorIdentity:
 
     @property
     def service_account(self) -> str:
-        return next(o["metadata"]["name"] for o in self.objects if o["kind"] == "ServiceAccount")
+        return str(_service_account(self.objects)["metadata"]["name"])
 
     @classmethod
     def install(cls, admin: Kube, workdir: Path, release: str, watch: list[str],
@@ -131,6 +158,6 @@ class OperatorIdentity:
 def with_extra_cluster_rule(rule: dict[str, Any]) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
     def change(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = copy.deepcopy(objects)
-        next(o for o in out if o["kind"] == "ClusterRole")["rules"].append(rule)
+        next(o for o in operator_roles(out) if o["kind"] == "ClusterRole")["rules"].append(rule)
         return out
     return change
