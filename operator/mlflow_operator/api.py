@@ -8,6 +8,7 @@ hard parts: kubeconfig/in-cluster config, TLS and token refresh.
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import os
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 import kubernetes.client
 import kubernetes.config
+import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 FIELD_MANAGER = "mlflow-operator"
@@ -86,6 +88,40 @@ class ApiError(Exception):
         super().__init__(f"{verb} {kind}/{name} failed with HTTP {status} {reason}{detail}")
 
 
+class ApiUnreachable(ApiError):
+    """No answer from the API server at all (refused, reset, timed out, TLS failure).
+    Always transient: `status` 0, so callers that branch on a status retry it."""
+
+    def __init__(self, verb: str, kind: str, name: str, cause: str):
+        Exception.__init__(self, f"{verb} {kind}/{name} failed: the Kubernetes API server is"
+                                 f" unreachable ({cause})")
+        self.verb, self.kind, self.name = verb, kind, name
+        self.status, self.reason = 0, "Unreachable"
+
+
+# What the connection layer raises when no HTTP answer arrives: urllib3's errors
+# (MaxRetryError, ProtocolError, timeouts, its SSLError), http.client's, and OSError
+# (ssl.SSLError and ConnectionError are OSErrors).
+CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost cause as `Type: reason`, e.g. `ConnectionRefusedError: Connection
+    refused`. urllib3's own texts hold object reprs and URLs; an error's class and errno
+    text are what an operator needs, and they can never carry a request body."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        # urllib3 keeps the cause in `.reason` (MaxRetryError) or in its args (ProtocolError).
+        candidates = [getattr(exc, "reason", None), *exc.args, exc.__cause__, exc.__context__]
+        inner = next((c for c in candidates if isinstance(c, BaseException)), None)
+        if inner is None:
+            break
+        exc = inner
+    text = getattr(exc, "strerror", None) or next((a for a in reversed(exc.args) if isinstance(a, str)), None)
+    return f"{type(exc).__name__}: {str(text)[:120]}" if text else type(exc).__name__
+
+
 def _error(verb: str, kind: str, name: str, exc: ApiException) -> ApiError:
     reason, message = exc.reason or "", ""
     try:
@@ -140,6 +176,8 @@ class KubeApi:
                 raise ApiException(http_resp=response, body=data.decode("utf-8", "replace"))
         except ApiException as exc:
             raise _error(verb, what[0], what[1], exc) from None
+        except CONNECTION_ERRORS as exc:
+            raise ApiUnreachable(verb, what[0], what[1], _cause(exc)) from None
         return json.loads(data) if data else {}
 
     def get(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:

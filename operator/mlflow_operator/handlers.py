@@ -19,7 +19,7 @@ import kopf
 
 from mlflow_operator import metrics, reconcile
 from mlflow_operator import status as status_mod
-from mlflow_operator.api import CR_API_VERSION, RESOURCES, ApiError, KubeApi
+from mlflow_operator.api import CR_API_VERSION, RESOURCES, ApiError, ApiUnreachable, KubeApi
 from mlflow_operator.model import ServerRef
 from mlflow_operator.names import OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, cluster_role_binding_names
 from mlflow_operator.settings import Options
@@ -103,14 +103,28 @@ def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: loggi
     try:
         new = _reconcile(body, memo, logger)
     except ApiError as exc:
-        # Usually transient (API server restarting, a conflict): retry with a growing delay.
-        # The message names the call and the server's reason, never a body.
-        raise kopf.TemporaryError(str(exc), delay=min(300, 5 * 2 ** min(retry, 6))) from None
+        raise _temporary(exc, retry) from None
     if new is not None:
         patch.status.update(new)
 
 
-def on_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def _temporary(exc: ApiError, retry: int) -> kopf.TemporaryError:
+    """Usually transient (API server restarting, a conflict): retry with a growing delay,
+    logged by Kopf as one line. The message names the call and the server's reason, never
+    a body. An unreachable server is retried at most 30 s apart: a failed connection costs
+    nothing, and the server should recover soon after the API server does."""
+    cap = 30 if isinstance(exc, ApiUnreachable) else 300
+    return kopf.TemporaryError(str(exc), delay=min(cap, 5 * 2 ** min(retry, 6)))
+
+
+def on_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int = 0, **_: Any) -> None:
+    try:
+        _cleanup(body, memo, logger)
+    except ApiError as exc:
+        raise _temporary(exc, retry) from None
+
+
+def _cleanup(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger) -> None:
     meta = body["metadata"]
     ref = ServerRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
     binding = RESOURCES[("rbac.authorization.k8s.io/v1", "ClusterRoleBinding")]
