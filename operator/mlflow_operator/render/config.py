@@ -17,6 +17,7 @@ from __future__ import annotations
 import configparser
 import io
 
+from mlflow_k8s_auth.db_uri import normalize as normalize_db_uri
 from mlflow_operator import names
 from mlflow_operator.model import MLflowServerSpec, ServerRef, SpecError, StoreUris
 from mlflow_operator.render.common import Manifest, metadata
@@ -33,7 +34,9 @@ def backend_store_uri(spec: MLflowServerSpec, uris: StoreUris) -> str:
         return names.SQLITE_BACKEND_URI
     if not uris.backend_store:
         raise ValueError("spec.backendStore.uriSecretRef is set but its value was not passed in")
-    return uris.backend_store
+    # Percent-encoded user and password: a raw `@` in the password would otherwise put
+    # its tail into the host, shown by every connection error (mlflow_k8s_auth.db_uri).
+    return normalize_db_uri(uris.backend_store)
 
 
 def auth_database_uri(spec: MLflowServerSpec, uris: StoreUris) -> str:
@@ -41,7 +44,7 @@ def auth_database_uri(spec: MLflowServerSpec, uris: StoreUris) -> str:
         return names.SQLITE_AUTH_URI
     if not uris.auth_database:
         raise ValueError("spec.auth.authDatabase is set but its value was not passed in")
-    return uris.auth_database
+    return normalize_db_uri(uris.auth_database)
 
 
 def _mlflow_value(value: str) -> str:
