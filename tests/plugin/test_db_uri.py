@@ -1,7 +1,7 @@
 """Database URIs with odd passwords, normalized once where the operator reads them, parse
 with SQLAlchemy's own `make_url` to what their authors meant; and the real migration
-command (`mlflow db upgrade`, as the migration Job runs it) given such a URI of an
-unreachable PostgreSQL prints no piece of the password."""
+commands (as the migration Job runs them) and `mlflow server --app-name k8s-auth`, given
+such a URI of an unreachable PostgreSQL, print no piece of the password."""
 from __future__ import annotations
 
 import os
@@ -84,13 +84,16 @@ PASSWORD = "Qx7v@Zk9w@Hm4t"
 PIECES = ("Qx7v", "Zk9w", "Hm4t")
 
 
-# The migration Job's two steps (render/migration.py).
+# The migration Job's two steps (render/migration.py), and the server's own start, whose
+# backend-store checks run before the plugin is loaded.
 COMMANDS = {"tracking": [str(MLFLOW), "db", "upgrade"],
-            "auth": [sys.executable, "-m", "mlflow.server.auth", "db", "upgrade", "--url"]}
+            "auth": [sys.executable, "-m", "mlflow.server.auth", "db", "upgrade", "--url"],
+            "server": [str(MLFLOW), "server", "--app-name", "k8s-auth", "--host", "127.0.0.1",
+                       "--port", str(free_port()), "--backend-store-uri"]}
 
 
-def _db_upgrade(command: str, uri: str, tmp_path: Path) -> str:
-    """What a migration step prints up to its first connection error (or its end). MLflow
+def _first_connection_error(command: str, uri: str, tmp_path: Path) -> str:
+    """What a command prints up to its first connection error (or its end). MLflow
     retries the tracking store's connection 10 times over ~100 s, printing the same error
     each time: one is enough."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -113,12 +116,12 @@ def _db_upgrade(command: str, uri: str, tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_db_upgrade_prints_no_piece_of_a_raw_at_password(command: str, tmp_path: Path) -> None:
+def test_migrations_and_server_print_no_piece_of_a_raw_at_password(command: str, tmp_path: Path) -> None:
     written = f"postgresql://mlflow:{PASSWORD}@127.0.0.1:{free_port()}/mlflow"
-    raw = _db_upgrade(command, written, tmp_path)
+    raw = _first_connection_error(command, written, tmp_path)
     # Without normalizing, the password's tail is read as a host and shown.
     assert any(piece in raw for piece in PIECES), raw[-3000:]
-    output = _db_upgrade(command, normalize(written), tmp_path)
+    output = _first_connection_error(command, normalize(written), tmp_path)
     print("\n" + next(line for line in output.splitlines() if "OperationalError" in line)[:300])
     assert "Connection refused" in output, output[-3000:]  # the host it was meant to reach
     assert not [piece for piece in PIECES if piece in output], output[-3000:]
