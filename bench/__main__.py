@@ -1,6 +1,7 @@
-"""`python -m bench [--quick] [--only plugin|operator] [--json]`.
+"""`python -m bench [--quick] [--only plugin|plugin-sar|operator] [--json]`.
 
-Runs `bench.plugin_bench.run(quick)` and `bench.operator_bench.run(quick)` (each returns a
+Runs `bench.plugin_bench.run(quick)`, `bench.plugin_sar_bench.run(quick)` (Kubernetes
+authorization with workspaces) and `bench.operator_bench.run(quick)` (each returns a
 flat dict of measured numbers; a key ending in `_target` or a `targets` dict is shown next
 to its value) and prints them in one table. A suite that fails is reported, not hidden:
 the exit code is 1 if any suite failed to run.
@@ -18,7 +19,11 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-SUITES = {"plugin": "bench.plugin_bench", "operator": "bench.operator_bench"}
+SUITES = {
+    "plugin": "bench.plugin_bench",
+    "plugin-sar": "bench.plugin_sar_bench",
+    "operator": "bench.operator_bench",
+}
 
 
 def _run_suite(module_name: str, quick: bool) -> tuple[dict[str, Any] | None, str | None, float]:
