@@ -10,8 +10,12 @@ and init container (an init container that downloads a model needs the same acce
 * `MLFLOW_TRACKING_URI` (the server's in-cluster URL), `MLFLOW_TRACKING_AUTH=k8s-token` and
   `MLFLOW_K8S_TOKEN_PATH`.
 
-No workspace variable yet: MLflowServers have no workspaces (`spec.workspaces`) so far;
-when they do, the Pod's workspace belongs here too.
+No `MLFLOW_WORKSPACE`: with `spec.workspaces.mode: Namespaces` the server already puts a
+ServiceAccount caller that names no workspace into its own namespace's workspace, which is
+what the variable would say; and where the namespace is not a workspace (left out by
+`spec.workspaces.namespaceSelector`, or a one-character name MLflow refuses) a header
+naming it would turn the server's fallback to `default` into an error. A Pod that wants
+another workspace sets the variable itself, and its value wins.
 
 What the Pod already says wins: a variable already in a container's `env` is kept, a
 container that already mounts something at (or above, or below) `TOKEN_DIR` keeps its own
