@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 

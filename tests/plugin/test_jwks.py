@@ -27,7 +27,7 @@ from mlflow.server import get_app_client
 
 from tests.plugin.cluster import PluginCluster
 from tests.plugin.conftest import ADMIN_PASSWORD, ADMIN_USER, AUDIENCE, MlflowServer, render_ini
-from tests.support.tokens import mint_token, other_private_key, sa_claims
+from tests.support.tokens import sa_claims
 
 GET_EXPERIMENT = "/api/2.0/mlflow/experiments/get?experiment_id=0"
 JWKS = r"^/openid/v1/jwks$"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from mlflow_operator import names
 from mlflow_operator.model import GeneratedSecrets, MLflowServerSpec, ServerRef, StoreUris
 from mlflow_operator.render.common import Manifest
-from mlflow_operator.render.config import config_data, render_auth_ini, render_config_secret
+from mlflow_operator.render.config import render_auth_ini, render_config_secret
 from mlflow_operator.render.deployment import allowed_hosts, render_deployment, server_args
 from mlflow_operator.render.migration import MIGRATION_HASH_LABEL, render_migration_job
 from mlflow_operator.render.monitoring import render_service_monitor
