@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from mlflow.server.auth.config import read_auth_config
 
 from mlflow_k8s_auth.config import ServiceAccountRef, load_config, parse_config
+from mlflow_k8s_auth.db_uri import normalize as normalize_db_uri
 from mlflow_operator import names
 from mlflow_operator.model import PERMISSIONS, ServerRef, SpecError, StoreUris, parse_spec
 from mlflow_operator.render import render_all, render_auth_ini
@@ -132,7 +133,10 @@ def _assert_read_back(path: Path, spec: Any, uris: StoreUris) -> None:
         mlflow = read_auth_config()
     assert mlflow.admin_username == auth.admin_username
     assert mlflow.default_permission == auth.default_permission
-    assert mlflow.database_uri == (uris.auth_database or names.SQLITE_AUTH_URI)
+    # The operator writes user and password percent-encoded (db_uri's rules), so SQLAlchemy
+    # reads back the password the Secret held.
+    expected = normalize_db_uri(uris.auth_database) if uris.auth_database else names.SQLITE_AUTH_URI
+    assert mlflow.database_uri == expected
 
 
 def test_every_spec_the_model_accepts_renders_an_ini_the_plugin_reads_back(tmp_path: Path) -> None:
