@@ -154,6 +154,15 @@ def _number(key: str, raw: str, *, integer: bool, minimum: float, allow_equal: b
     return value
 
 
+def _float_setting(section: configparser.SectionProxy, key: str, default: str, *, zero_ok: bool) -> float:
+    """`zero_ok` where 0 means "off" (a cache TTL), not where it would mean "never wait"."""
+    return _number(key, section.get(key, default), integer=False, minimum=0, allow_equal=zero_ok)
+
+
+def _int_setting(section: configparser.SectionProxy, key: str, default: str) -> int:
+    return int(_number(key, section.get(key, default), integer=True, minimum=1, allow_equal=True))
+
+
 def _boolean(key: str, raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -257,10 +266,8 @@ def _check_mlflow_section(parser: configparser.ConfigParser) -> configparser.Sec
 
 
 def _cache_settings(section: configparser.SectionProxy) -> dict[str, float | int]:
-    token_ttl = _number(
-        "token_cache_ttl_seconds", section.get("token_cache_ttl_seconds", "120"),
-        integer=False, minimum=0, allow_equal=True,  # 0: every request asks the API server
-    )
+    # 0: every request asks the API server.
+    token_ttl = _float_setting(section, "token_cache_ttl_seconds", "120", zero_ok=True)
     raw_permission_ttl = section.get("permission_cache_ttl_seconds")
     permission_ttl = min(DEFAULT_PERMISSION_CACHE_TTL_SECONDS, token_ttl) if raw_permission_ttl is None else _number(
         "permission_cache_ttl_seconds", raw_permission_ttl, integer=False, minimum=0, allow_equal=True,
@@ -273,21 +280,15 @@ def _cache_settings(section: configparser.SectionProxy) -> dict[str, float | int
     return {
         "token_cache_ttl_seconds": token_ttl,
         "permission_cache_ttl_seconds": permission_ttl,
-        "revocation_check_interval_seconds": _number(
-            "revocation_check_interval_seconds", section.get("revocation_check_interval_seconds", "0.3"),
-            integer=False, minimum=0, allow_equal=False,
+        "revocation_check_interval_seconds": _float_setting(
+            section, "revocation_check_interval_seconds", "0.3", zero_ok=False,
         ),
-        "negative_cache_ttl_seconds": _number(
-            "negative_cache_ttl_seconds", section.get("negative_cache_ttl_seconds", "5"),
-            integer=False, minimum=0, allow_equal=True,
+        "negative_cache_ttl_seconds": _float_setting(
+            section, "negative_cache_ttl_seconds", "5", zero_ok=True,
         ),
-        "cache_max_entries": int(_number(
-            "cache_max_entries", section.get("cache_max_entries", "10000"),
-            integer=True, minimum=1, allow_equal=True,
-        )),
-        "tokenreview_timeout_seconds": _number(
-            "tokenreview_timeout_seconds", section.get("tokenreview_timeout_seconds", "5"),
-            integer=False, minimum=0, allow_equal=False,
+        "cache_max_entries": _int_setting(section, "cache_max_entries", "10000"),
+        "tokenreview_timeout_seconds": _float_setting(
+            section, "tokenreview_timeout_seconds", "5", zero_ok=False,
         ),
     }
 
@@ -300,18 +301,13 @@ def _validation_settings(section: configparser.SectionProxy) -> dict[str, float 
         )
     return {
         "token_validation": mode,
-        "jwks_refresh_min_interval_seconds": _number(
-            "jwks_refresh_min_interval_seconds", section.get("jwks_refresh_min_interval_seconds", "10"),
-            integer=False, minimum=0, allow_equal=False,
+        "jwks_refresh_min_interval_seconds": _float_setting(
+            section, "jwks_refresh_min_interval_seconds", "10", zero_ok=False,
         ),
-        "tokenreview_rate_per_second": _number(
-            "tokenreview_rate_per_second", section.get("tokenreview_rate_per_second", "50"),
-            integer=False, minimum=0, allow_equal=False,
+        "tokenreview_rate_per_second": _float_setting(
+            section, "tokenreview_rate_per_second", "50", zero_ok=False,
         ),
-        "tokenreview_burst": int(_number(
-            "tokenreview_burst", section.get("tokenreview_burst", "100"),
-            integer=True, minimum=1, allow_equal=True,
-        )),
+        "tokenreview_burst": _int_setting(section, "tokenreview_burst", "100"),
     }
 
 
@@ -338,13 +334,11 @@ def _tenancy_settings(section: configparser.SectionProxy) -> dict[str, object]:
         "workspaces": workspaces,
         "workspace_namespace_selector": selector,
         "authorization": authorization,
-        "authorization_allow_ttl_seconds": _number(
-            "authorization_allow_ttl_seconds", section.get("authorization_allow_ttl_seconds", "30"),
-            integer=False, minimum=0, allow_equal=True,
+        "authorization_allow_ttl_seconds": _float_setting(
+            section, "authorization_allow_ttl_seconds", "30", zero_ok=True,
         ),
-        "authorization_deny_ttl_seconds": _number(
-            "authorization_deny_ttl_seconds", section.get("authorization_deny_ttl_seconds", "5"),
-            integer=False, minimum=0, allow_equal=True,
+        "authorization_deny_ttl_seconds": _float_setting(
+            section, "authorization_deny_ttl_seconds", "5", zero_ok=True,
         ),
         "attribute_runs": _boolean("attribute_runs", section.get("attribute_runs", "true")),
     }

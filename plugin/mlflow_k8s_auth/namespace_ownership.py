@@ -25,7 +25,7 @@ workers share the database): missing rows and duplicate names are expected, not 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .namespace_roles import (
@@ -65,6 +65,15 @@ def is_duplicate(exc: Exception) -> bool:
 
 def is_missing(exc: Exception) -> bool:
     return error_code(exc) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def ignore_missing(action: Callable[[], object]) -> None:
+    """Run `action`; what it would remove being gone already is its goal reached."""
+    try:
+        action()
+    except Exception as exc:
+        if not is_missing(exc):
+            raise
 
 
 def find_role(store: Any, name: str) -> Any | None:
@@ -119,7 +128,7 @@ def release(store: Any, namespace: str) -> None:
     """Delete the namespace's config-owned role, then put back a parked admin role."""
     role = find_role(store, role_name(namespace))
     if role is not None and is_config_owned(role):
-        _ignore_missing(lambda: store.delete_role(role.id))
+        ignore_missing(lambda: store.delete_role(role.id))
         _logger.info("Revoked namespace permission of %s: it left [k8s_auth] namespace_permissions", namespace)
     _unpark(store, namespace)
 
@@ -145,7 +154,7 @@ def _park(store: Any, role: Any, namespace: str) -> None:
         return  # another process parked this very role a moment ago
     if stale is not None:
         # A role parked earlier whose namespace role an admin made again: the newer one wins.
-        _ignore_missing(lambda: store.delete_role(stale.id))
+        ignore_missing(lambda: store.delete_role(stale.id))
     try:
         store.update_role(role.id, name=parked, description=description(namespace, PARKED_MARKER))
     except Exception as exc:
@@ -153,7 +162,7 @@ def _park(store: Any, role: Any, namespace: str) -> None:
             return  # another process moved it first
         raise
     for assignment in _members(store, role.id):
-        _ignore_missing(lambda a=assignment: store.unassign_role_from_user(a.user_id, role.id))
+        ignore_missing(lambda a=assignment: store.unassign_role_from_user(a.user_id, role.id))
     _logger.warning(
         "Namespace %s: [k8s_auth] namespace_permissions takes over from the role an admin made; "
         "that role is kept as %s and restored when the config no longer names the namespace",
@@ -193,12 +202,4 @@ def _members(store: Any, role_id: int) -> list[Any]:
         if is_missing(exc):
             return []
         raise
-
-
-def _ignore_missing(action: Any) -> None:
-    try:
-        action()
-    except Exception as exc:
-        if not is_missing(exc):
-            raise
 

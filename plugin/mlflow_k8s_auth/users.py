@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cachetools import TTLCache
 
 from . import metrics
-from .namespace_ownership import ensure_config_role, find_role, is_duplicate, is_missing, release
+from .namespace_ownership import ensure_config_role, find_role, ignore_missing, is_duplicate, is_missing, release
 from .namespace_roles import ROLE_PREFIX, is_config_owned, role_name
 from .policy import Grant
 
@@ -68,7 +68,7 @@ class UserProvisioner:
         wanted = self._namespace_role_id(grant)
         current = {r.id for r in self._store.list_user_roles(user_id) if r.name.startswith(ROLE_PREFIX)}
         for role_id in current - {wanted}:
-            self._ignore_missing(lambda: self._store.unassign_role_from_user(user_id, role_id))
+            ignore_missing(lambda: self._store.unassign_role_from_user(user_id, role_id))
         if wanted is None or wanted in current:
             return
         try:
@@ -118,11 +118,3 @@ class UserProvisioner:
         with self._lock:
             for key in [k for k in self._role_ids if k[0] == namespace]:
                 self._role_ids.pop(key, None)
-
-    @staticmethod
-    def _ignore_missing(action: Any) -> None:
-        try:
-            action()
-        except Exception as exc:
-            if not is_missing(exc):
-                raise

@@ -30,6 +30,35 @@ def job_objects(
     experiment: str = "sample-training",
 ) -> list[dict[str, Any]]:
     """ConfigMap with the script + the Job running it with a projected MLflow token."""
+    mlflow_env = [
+        {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri},
+        {"name": "MLFLOW_TRACKING_AUTH", "value": "k8s-token"},
+        {"name": "MLFLOW_K8S_TOKEN_PATH", "value": f"{TOKEN_DIR}/token"},
+    ]
+    token_volume = {"name": "mlflow-token", "projected": {"sources": [
+        {"serviceAccountToken": {"audience": audience, "expirationSeconds": 3600, "path": "token"}},
+    ]}}
+    return _objects(name, namespace, service_account_name, experiment,
+                    image="ghcr.io/mlflow/mlflow:v3.17.2", python="python",
+                    labels={"app.kubernetes.io/name": name}, mlflow_env=mlflow_env,
+                    mlflow_mounts=[{"name": "mlflow-token", "mountPath": TOKEN_DIR, "readOnly": True}],
+                    mlflow_volumes=[token_volume])
+
+
+def labelled_job_objects(
+    *, name: str, namespace: str, service_account_name: str, label: dict[str, str], experiment: str, python: str,
+) -> list[dict[str, Any]]:
+    """ConfigMap + Job with the injection label and nothing else about MLflow (no URI,
+    no auth variable, no token volume): the webhook adds them."""
+    return _objects(name, namespace, service_account_name, experiment, image="registry.example/train:1",
+                    python=python, labels=label, mlflow_env=[], mlflow_mounts=[], mlflow_volumes=[])
+
+
+def _objects(
+    name: str, namespace: str, service_account_name: str, experiment: str, *, image: str, python: str,
+    labels: dict[str, str], mlflow_env: list[dict[str, Any]], mlflow_mounts: list[dict[str, Any]],
+    mlflow_volumes: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
     code = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -38,12 +67,10 @@ def job_objects(
     }
     container = {
         "name": "train",
-        "image": "ghcr.io/mlflow/mlflow:v3.17.2",
-        "command": ["python", "/app/train.py"],
+        "image": image,
+        "command": [python, "/app/train.py"],
         "env": [
-            {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri},
-            {"name": "MLFLOW_TRACKING_AUTH", "value": "k8s-token"},
-            {"name": "MLFLOW_K8S_TOKEN_PATH", "value": f"{TOKEN_DIR}/token"},
+            *mlflow_env,
             {"name": "EXPERIMENT_NAME", "value": experiment},
             # fail fast in a test instead of retrying a 5xx for minutes
             {"name": "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "value": "1"},
@@ -51,7 +78,7 @@ def job_objects(
         ],
         "volumeMounts": [
             {"name": "code", "mountPath": "/app", "readOnly": True},
-            {"name": "mlflow-token", "mountPath": TOKEN_DIR, "readOnly": True},
+            *mlflow_mounts,
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         "securityContext": {
@@ -69,7 +96,7 @@ def job_objects(
         "spec": {
             "backoffLimit": 0,
             "template": {
-                "metadata": {"labels": {"app.kubernetes.io/name": name}},
+                "metadata": {"labels": labels},
                 "spec": {
                     "serviceAccountName": service_account_name,
                     "automountServiceAccountToken": False,
@@ -78,9 +105,7 @@ def job_objects(
                     "volumes": [
                         {"name": "code", "configMap": {"name": f"{name}-code"}},
                         {"name": "tmp", "emptyDir": {}},
-                        {"name": "mlflow-token", "projected": {"sources": [
-                            {"serviceAccountToken": {"audience": audience, "expirationSeconds": 3600, "path": "token"}},
-                        ]}},
+                        *mlflow_volumes,
                     ],
                 },
             },

@@ -61,26 +61,8 @@ def stack(admin: Kube, control_plane: ControlPlane, tmp_path_factory: pytest.Tem
 
 
 def _job(python: str) -> list[dict[str, Any]]:
-    """The script, its ServiceAccount and a Job with only the injection label (as in
-    test_injection.py), in this module's namespace."""
-    code = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{JOB}-code", "namespace": NS},
-            "data": {"train.py": sample_job.SCRIPT.read_text()}}
-    container = {"name": "train", "image": "registry.example/train:1", "command": [python, "/app/train.py"],
-                 "env": [{"name": "EXPERIMENT_NAME", "value": "team-training"},
-                         {"name": "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "value": "1"},
-                         {"name": "TMPDIR", "value": "/tmp"}],
-                 "volumeMounts": [{"name": "code", "mountPath": "/app", "readOnly": True},
-                                  {"name": "tmp", "mountPath": "/tmp"}],
-                 "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "readOnlyRootFilesystem": True,
-                                     "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": JOB, "namespace": NS},
-           "spec": {"backoffLimit": 0, "template": {
-               "metadata": {"labels": {LABEL: NAME}},
-               "spec": {"serviceAccountName": SA, "automountServiceAccountToken": False, "restartPolicy": "Never",
-                        "containers": [container],
-                        "volumes": [{"name": "code", "configMap": {"name": f"{JOB}-code"}},
-                                    {"name": "tmp", "emptyDir": {}}]}}}}
-    return [sample_job.service_account(NS, SA), code, job]
+    return [sample_job.service_account(NS, SA), *sample_job.labelled_job_objects(
+        name=JOB, namespace=NS, service_account_name=SA, label={LABEL: NAME}, experiment="team-training", python=python)]
 
 
 def _binding() -> dict[str, Any]:
