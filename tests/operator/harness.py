@@ -6,6 +6,7 @@ plane; shared by the operator tests and `bench/operator_bench.py`.
     node = Node(admin, "node-x", namespaces={ns}, runner=GatedRunner()).start()
     operator.stop(); operator.log(); operator.peak_rss_bytes()
     wait_for(lambda: ..., timeout=20, what='...')
+    with chart_operator(admin, proxy, tmp, [ns], release, runner=SimulatedRunner()) as operator: ...
 
 The operator talks to kube-apiserver through the fault proxy (request counts, injected
 faults) with the token of the chart's ServiceAccount; pods of its Deployments and Jobs
@@ -14,6 +15,7 @@ migrations.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -22,9 +24,11 @@ import sys
 import threading
 import urllib.request
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.operator.chart_rbac import OperatorIdentity
 from tests.support.crd import CR
 from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import ApiError, Kube
@@ -186,3 +190,25 @@ def release_namespace(admin: Kube, namespace: str) -> None:
         admin.delete("v1/namespaces", None, namespace)
     except ApiError:
         pass
+
+
+@contextlib.contextmanager
+def chart_operator(admin: Kube, proxy: FaultProxy, workdir: Path, namespaces: list[str], release: str, *,
+                   runner: SimulatedRunner | None = None, extra: list[str] | None = None) -> Iterator[OperatorProcess]:
+    """The real operator, as the chart's ServiceAccount of release `release`, watching
+    `namespaces` through `proxy`; with a test Node running their pods when `runner` is
+    given. Afterwards the namespaces and the chart's RBAC are gone."""
+    identity = OperatorIdentity.install(admin, workdir, release, watch=namespaces)
+    node = Node(admin, f"node-{namespaces[0]}", namespaces=set(namespaces), runner=runner).start() \
+        if runner is not None else None
+    operator = OperatorProcess(identity.kubeconfig(admin, proxy.url), workdir, namespaces, extra=extra)
+    try:
+        operator.start()
+        yield operator
+    finally:
+        operator.stop()
+        if node is not None:
+            node.stop()
+        for namespace in namespaces:
+            release_namespace(admin, namespace)
+        identity.uninstall(admin)

@@ -20,10 +20,9 @@ from mlflow_operator.guards import GuardRails
 from mlflow_operator.model import SpecError, parse_spec
 from tests.chart import helm as h
 from tests.conftest import unique_namespace
-from tests.operator.chart_rbac import OperatorIdentity
-from tests.operator.harness import CR, OperatorProcess, release_namespace, server_manifest, wait_for
+from tests.operator.harness import CR, chart_operator, server_manifest, wait_for
 from tests.support.kubeapi import Kube
-from tests.support.node import Node, SimulatedRunner
+from tests.support.node import SimulatedRunner
 
 MIRROR = r"registry\.internal:5000/mirror/.*"
 OFFICIAL = r"ghcr\.io/mlflow-operator/mlflow-server:[0-9.]+"
@@ -127,19 +126,11 @@ def rails(admin: Kube, crd: dict, proxy, tmp_path_factory) -> Iterator[Rails]:
     ns = unique_namespace("rails")
     admin.create_namespace(ns)
     workdir = tmp_path_factory.mktemp("rails")
-    identity = OperatorIdentity.install(admin, workdir, unique_namespace("op-rails"), watch=[ns])
-    node = Node(admin, f"node-{ns}", namespaces={ns}, runner=SimulatedRunner()).start()
-    operator = OperatorProcess(identity.kubeconfig(admin, proxy.url), workdir, [ns],
-                               extra=["--allowed-images", MIRROR, OFFICIAL,
-                                      "--default-server-image", "registry.internal:5000/mirror/mlflow-server:0.1.0"])
-    try:
-        operator.start()
+    extra = ["--allowed-images", MIRROR, OFFICIAL,
+             "--default-server-image", "registry.internal:5000/mirror/mlflow-server:0.1.0"]
+    with chart_operator(admin, proxy, workdir, [ns], unique_namespace("op-rails"),
+                        runner=SimulatedRunner(), extra=extra):
         yield Rails(admin, ns)
-    finally:
-        operator.stop()
-        node.stop()
-        release_namespace(admin, ns)
-        identity.uninstall(admin)
 
 
 def test_an_image_outside_the_list_is_degraded_and_nothing_is_applied(rails: Rails) -> None:
@@ -188,15 +179,8 @@ def test_a_host_path_volume_is_refused_without_the_flag(rails: Rails) -> None:
 def test_with_the_flag_a_host_path_volume_is_rendered(admin: Kube, crd: dict, proxy, tmp_path: Path) -> None:
     ns = unique_namespace("rails-hp")
     admin.create_namespace(ns)
-    identity = OperatorIdentity.install(admin, tmp_path, unique_namespace("op-rails-hp"), watch=[ns])
-    operator = OperatorProcess(identity.kubeconfig(admin, proxy.url), tmp_path, [ns], extra=["--allow-host-path"])
-    try:
-        operator.start()
+    with chart_operator(admin, proxy, tmp_path, [ns], unique_namespace("op-rails-hp"), extra=["--allow-host-path"]):
         admin.create(CR, server_manifest("hostpath", ns, HOST_PATH))
         job = wait_for(lambda: admin.list("batch/v1/jobs", ns), 45, "the migration Job")[0]
         volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
         assert volumes["node-logs"]["hostPath"]["path"] == "/var/log"
-    finally:
-        operator.stop()
-        release_namespace(admin, ns)
-        identity.uninstall(admin)

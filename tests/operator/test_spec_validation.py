@@ -39,13 +39,12 @@ from mlflow_operator.render import render_all, render_auth_ini
 from mlflow_operator.render.config import TOKEN_VALIDATION
 from mlflow_operator.render.ini_check import check_auth_ini
 from tests.conftest import unique_namespace
-from tests.operator.chart_rbac import OperatorIdentity
-from tests.operator.harness import OperatorProcess, release_namespace, server_manifest, wait_for
+from tests.operator.harness import chart_operator, server_manifest, wait_for
 from tests.support.crd import CR, ServerCheck, crd_manifest, crd_namespace, install_crd
 from tests.support.controlplane import ControlPlane
 from tests.support.kubeapi import Kube
 from tests.support.kubectl import Kubectl
-from tests.support.node import Node, SimulatedRunner
+from tests.support.node import SimulatedRunner
 from tests.operator.test_render import GENERATED
 
 REF = ServerRef("demo", "team-a", "uid-demo")
@@ -352,17 +351,8 @@ def stored(admin: Kube, crd: dict, proxy, tmp_path_factory) -> Iterator[tuple[Ku
     assert ServerCheck(admin, ns).create({"auth": {"audience": "a b"}})[1], "the strict CRD is back"
     for name, auth in ACCEPTED.items():
         admin.create(CR, server_manifest(name, ns, {"auth": auth}))
-    identity = OperatorIdentity.install(admin, workdir, unique_namespace("op-spec"), watch=[ns])
-    node = Node(admin, f"node-{ns}", namespaces={ns}, runner=SimulatedRunner()).start()
-    operator = OperatorProcess(identity.kubeconfig(admin, proxy.url), workdir, [ns])
-    try:
-        operator.start()
+    with chart_operator(admin, proxy, workdir, [ns], unique_namespace("op-spec"), runner=SimulatedRunner()):
         yield admin, ns
-    finally:
-        operator.stop()
-        node.stop()
-        release_namespace(admin, ns)
-        identity.uninstall(admin)
 
 
 def _older_accepts(admin: Kube, ns: str) -> bool:

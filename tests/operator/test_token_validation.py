@@ -17,8 +17,7 @@ from mlflow_operator.model import GeneratedSecrets, ServerRef, SpecError, StoreU
 from mlflow_operator.names import AUTH_INI_KEY
 from mlflow_operator.render import render_all, render_auth_ini
 from tests.conftest import unique_namespace
-from tests.operator.chart_rbac import OperatorIdentity
-from tests.operator.harness import CR, OperatorProcess, rbac_denials, release_namespace, server_manifest, wait_for
+from tests.operator.harness import CR, OperatorProcess, chart_operator, rbac_denials, server_manifest, wait_for
 from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import ApiError, Kube
 
@@ -91,15 +90,8 @@ def stack(admin: Kube, crd: dict, proxy: FaultProxy, tmp_path_factory: pytest.Te
     ns = unique_namespace("tokval")
     admin.create_namespace(ns)
     workdir = tmp_path_factory.mktemp("token-validation")
-    identity = OperatorIdentity.install(admin, workdir, unique_namespace("op-tokval"), watch=[ns])
-    operator = OperatorProcess(identity.kubeconfig(admin, proxy.url), workdir, [ns])
-    try:
-        operator.start()
+    with chart_operator(admin, proxy, workdir, [ns], unique_namespace("op-tokval")) as operator:
         yield Stack(admin, ns, operator)
-    finally:
-        operator.stop()
-        release_namespace(admin, ns)
-        identity.uninstall(admin)
     assert "Traceback" not in operator.log()
     assert rbac_denials(operator.log()) == []
 

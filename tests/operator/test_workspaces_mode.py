@@ -21,8 +21,7 @@ from mlflow_operator.render import render_all, render_auth_ini
 from mlflow_operator.render.config import config_data
 from mlflow_operator.render.deployment import server_args
 from tests.conftest import unique_namespace
-from tests.operator.chart_rbac import OperatorIdentity
-from tests.operator.harness import CR, OperatorProcess, rbac_denials, release_namespace, server_manifest, wait_for
+from tests.operator.harness import CR, OperatorProcess, chart_operator, rbac_denials, server_manifest, wait_for
 from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import ApiError, Kube
 
@@ -124,15 +123,8 @@ def stack(admin: Kube, crd: dict, proxy: FaultProxy, tmp_path_factory: pytest.Te
     ns = unique_namespace("workspaces")
     admin.create_namespace(ns)
     workdir = tmp_path_factory.mktemp("workspaces")
-    identity = OperatorIdentity.install(admin, workdir, unique_namespace("op-ws"), watch=[ns])
-    operator = OperatorProcess(identity.kubeconfig(admin, proxy.url), workdir, [ns])
-    try:
-        operator.start()
+    with chart_operator(admin, proxy, workdir, [ns], unique_namespace("op-ws")) as operator:
         yield Stack(admin, ns, operator)
-    finally:
-        operator.stop()
-        release_namespace(admin, ns)
-        identity.uninstall(admin)
     assert "Traceback" not in operator.log()
     assert rbac_denials(operator.log()) == []
 
