@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -34,6 +35,12 @@ from tests.support.waiting import wait_for
 
 
 
+
+def node_name(root: Path) -> str:
+    """A valid Node name from a work folder's name: mkdtemp's suffix may end in `_`, and
+    a name (also a label value) must start and end with an alphanumeric character."""
+    return re.sub(r"[^a-z0-9-]", "-", f"e2e-{root.name}".lower())[:60].strip("-")
+
 class Stack:
     def __init__(self, admin: Kube, kubeconfig: Path, root: Path, namespaces: Iterable[str]) -> None:
         self.admin, self.kubeconfig, self.root = admin, kubeconfig, root
@@ -41,8 +48,7 @@ class Stack:
         self.resolver = ServiceResolver(admin, self.runner.local_port)
         self.proxy = ServiceProxy(self.resolver)
         self.runner.kubelet.proxy_url = self.proxy.url
-        self.node = Node(admin, f"e2e-{root.name}"[:60].lower().replace("_", "-"),
-                         namespaces=set(namespaces), runner=self.runner)
+        self.node = Node(admin, node_name(root), namespaces=set(namespaces), runner=self.runner)
         self.operator: subprocess.Popen[bytes] | None = None
         self.operator_log = root / "logs" / "operator.log"
 
