@@ -202,4 +202,3 @@ def _members(store: Any, role_id: int) -> list[Any]:
         if is_missing(exc):
             return []
         raise
-

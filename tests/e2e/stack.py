@@ -34,12 +34,11 @@ from tests.support.node import Node
 from tests.support.waiting import wait_for
 
 
-
-
 def node_name(root: Path) -> str:
     """A valid Node name from a work folder's name: mkdtemp's suffix may end in `_`, and
     a name (also a label value) must start and end with an alphanumeric character."""
     return re.sub(r"[^a-z0-9-]", "-", f"e2e-{root.name}".lower())[:60].strip("-")
+
 
 class Stack:
     def __init__(self, admin: Kube, kubeconfig: Path, root: Path, namespaces: Iterable[str]) -> None:
